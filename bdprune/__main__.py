@@ -1,0 +1,5 @@
+"""``python -m bdprune``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""CIFAR VGG-16 with BatchNorm as in kuangliu/pytorch-cifar (``VGG('VGG16')``).
+
+Keys: ``features.0`` (conv3x3, with bias), ``features.1`` (BN), ``features.2`` (ReLU),
+..., ``classifier`` (``Linear(512, num_classes)``), the same indices as the reference.
+Two shape-only changes, neither of which touches the state_dict: the max-pools use
+``ceil_mode=True`` and the last layer of ``features`` is a global adaptive average pool
+instead of ``AvgPool2d(1, 1)``. For 32x32 inputs both are exactly the reference; they let
+28x28 inputs (28 -> 14 -> 7 -> 4 -> 2 -> 1) through too, where floor pooling would shrink
+the map to 0x0 at the fifth pool.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .spec import register_arch
+
+VGG16_CFG: list[int | str] = [
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+]
+
+
+class VGG(nn.Module):
+    """``features`` (conv3x3+BN+ReLU blocks and max-pools) followed by ``classifier``."""
+
+    def __init__(self, cfg: list[int | str], num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in cfg:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+            else:
+                width = int(item)
+                layers += [
+                    nn.Conv2d(channels, width, kernel_size=3, padding=1),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = width
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images ``(N, C, H, W)``."""
+        return self.classifier(self.features(x).flatten(1))
+
+
+@register_arch("vgg16_bn", (3, 32, 32), "CIFAR VGG-16 with BatchNorm (kuangliu/pytorch-cifar)")
+def vgg16_bn(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    """CIFAR VGG-16-BN: 13 conv3x3+BN+ReLU layers, 5 max-pools, ``Linear(512, num_classes)``."""
+    return VGG(VGG16_CFG, num_classes, in_channels)

@@ -1,0 +1,283 @@
+"""The command line: parse options and wire them to the core. No logic of its own lives here.
+
+torch is imported only inside the commands, so ``bdprune --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+try:  # recent Typer vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as click_exceptions
+
+from . import __version__
+
+app = typer.Typer(
+    name="bdprune",
+    help="Audit image-classifier checkpoints for backdoor neurons (BNP, EP, CLP) and prune them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_debug = False
+
+# Options shared by several commands.
+ArchOpt = Annotated[str, typer.Option("--arch", "-a", help="Architecture: a built-in name (`bdprune archs`), torchvision:NAME, timm:NAME, file.py:factory or module:factory.")]
+ArchArgOpt = Annotated[Optional[List[str]], typer.Option("--arch-arg", help="key=value passed to the architecture factory (repeatable).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier size; inferred from the checkpoint when omitted.")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", help="Images: .npz (images/labels or x/y), an ImageFolder directory or CIFAR-10 python batches.")]
+SamplesOpt = Annotated[int, typer.Option("--samples", "-n", help="How many samples to draw from --data (deterministic with --seed).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing samples.")]
+NormalizeOpt = Annotated[str, typer.Option("--normalize", help="none, cifar10, imagenet, mnist, MEAN,STD or m1,m2,m3,s1,s2,s3 (the paper: none).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep or clp (`bdprune methods`); default bnp with --data, else clp.")]
+UOpt = Annotated[float, typer.Option("--u", "-u", help="Per-layer threshold in standard deviations (the paper: 3).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full pickles (can run code from the file). Only for files you trust.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bdprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from .progress import stderr_console
+
+    stderr_console().print(f"error: {message}", style="bold red", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def _guarded(run):
+    """Run a command body; a BdpruneError becomes one line on stderr and exit code 2."""
+    from .errors import BdpruneError
+
+    try:
+        return run()
+    except BdpruneError as exc:
+        if _debug:
+            raise
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; no output was written", 130) from None
+    except (typer.Exit, click_exceptions.ClickException):
+        raise
+    except Exception as exc:  # a bug in bdprune, not bad input: still one line, no traceback
+        if _debug:
+            raise
+        raise _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and please report it)") from None
+
+
+def _arch_args(items: list[str] | None) -> dict[str, str]:
+    from .errors import BdpruneError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BdpruneError(f"bad --arch-arg {item!r}", hint="use key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _note(text: str) -> None:
+    from .progress import stderr_console
+
+    stderr_console().print(f"note: {text}", style="dim", markup=False, highlight=False)
+
+
+@app.command()
+def scan(
+    checkpoints: Annotated[List[Path], typer.Argument(help="Checkpoint files (.pt/.pth/.bin/.safetensors).", show_default=False)],
+    arch: ArchOpt,
+    method: MethodOpt = None,
+    data: DataOpt = None,
+    u: UOpt = 3.0,
+    samples: SamplesOpt = 500,
+    seed: SeedOpt = 0,
+    normalize: NormalizeOpt = "none",
+    top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 20,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    num_classes: NumClassesOpt = None,
+    arch_arg: ArchArgOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Score every BatchNorm channel and report the suspicious ones. Exit 0 clean, 1 findings, 2 error."""
+
+    def run() -> int:
+        from .core import scan_checkpoints
+        from .report import REPORTERS
+        from .verdict import exit_code
+
+        reporter = REPORTERS.get(output_format)()
+        results = scan_checkpoints(
+            checkpoints, arch, method=method, data=data, u=u, samples=samples, seed=seed, normalize=normalize, device=device,
+            batch_size=batch_size, num_classes=num_classes, arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+        )
+        for result in results:
+            for note in result.notes:
+                _note(note)
+        _emit(reporter, results, output, top=top)
+        return exit_code(results)
+
+    raise typer.Exit(_guarded(run))
+
+
+def _emit(reporter, results, output: Path | None, *, top: int) -> None:
+    from rich.console import Console
+
+    if output is None:
+        reporter.write(results, Console(soft_wrap=False), top=top)
+        return
+    import io
+
+    from .atomic import check_output_path, write_text_atomic
+
+    check_output_path(output, inputs=tuple(Path(r.checkpoint) for r in results), force=True)
+    buffer = io.StringIO()
+    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top)
+    write_text_atomic(output, buffer.getvalue())
+    _note(f"report written to {output}")
+
+
+@app.command()
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune (never modified).", show_default=False)],
+    arch: ArchOpt,
+    method: MethodOpt = None,
+    data: DataOpt = None,
+    u: UOpt = 3.0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .safetensors (default: <stem>.pruned.safetensors beside the input).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    channels: Annotated[Optional[Path], typer.Option("--channels", help="Prune exactly the channels flagged in this `scan --format json` report.")] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points.")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled clean validation data for --max-acc-drop (never test or poisoned data).")] = None,
+    samples: SamplesOpt = 500,
+    seed: SeedOpt = 0,
+    normalize: NormalizeOpt = "none",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    num_classes: NumClassesOpt = None,
+    arch_arg: ArchArgOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Zero the flagged channels (BNP/EP: BN weight; CLP: weight and bias) and write a safetensors file."""
+
+    def run() -> int:
+        from .core import prune_checkpoint
+        from .report.prune_view import print_prune
+
+        outcome = prune_checkpoint(
+            checkpoint, arch, method=method, data=data, u=u, output=output, force=force, channels_report=channels,
+            max_acc_drop=max_acc_drop, val=val, samples=samples, seed=seed, normalize=normalize, device=device,
+            batch_size=batch_size, num_classes=num_classes, arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+        )
+        for note in outcome.notes:
+            _note(note)
+        print_prune(outcome)
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command(name="eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.", show_default=False)],
+    arch: ArchOpt,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled clean test images.")],
+    target: Annotated[Optional[int], typer.Option("--target", "-t", help="The attack's target label (for ASR).")] = None,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", help="patch:size=3,pos=br | patch:image=P.png | blend:noise,seed=S,alpha=0.2 | blend:image=P.png,alpha=0.2 | sig:delta=0.08,freq=6")] = None,
+    poisoned: Annotated[Optional[Path], typer.Option("--poisoned", help="Already-triggered images (optional true_labels array).")] = None,
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="A second checkpoint (e.g. the pruned one) evaluated on the same data.")] = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    normalize: NormalizeOpt = "none",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 256,
+    num_classes: NumClassesOpt = None,
+    arch_arg: ArchArgOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Clean accuracy (ACC) and attack success rate (ASR), optionally before / after side by side."""
+
+    def run() -> int:
+        from .core import evaluate_checkpoints
+        from .report.eval_view import print_eval
+
+        results = evaluate_checkpoints(
+            [checkpoint] + ([compare] if compare else []), arch, data=data, target=target, trigger=trigger,
+            poisoned=poisoned, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
+            arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+        )
+        print_eval(results, output_format)
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command()
+def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*'.")] = "*") -> None:
+    """List the built-in architectures."""
+
+    def run() -> int:
+        from .archs import ARCHS
+
+        for name in ARCHS.names(pattern):
+            spec = ARCHS.get(name)
+            shape = "x".join(map(str, spec.input_shape))
+            typer.echo(f"{name:<16} {shape:<9} {spec.summary}")
+        typer.echo("external: torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory")
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command()
+def methods() -> None:
+    """List the scoring methods."""
+
+    def run() -> int:
+        from .methods import METHODS
+
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            data = f"data: {cls.data_role}" if cls.data_role else "data-free"
+            typer.echo(f"{name:<6} {data:<14} {cls.summary}")
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+def main() -> None:
+    """Console-script entry point: usage errors become one line on stderr and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
+        code = 2
+    except click_exceptions.Abort:
+        sys.stderr.write("error: aborted\n")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

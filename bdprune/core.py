@@ -1,0 +1,182 @@
+"""The library entry points behind ``scan``, ``prune`` and ``eval``, with plain arguments.
+
+>>> from bdprune.core import scan_checkpoints
+>>> [result] = scan_checkpoints(["model.pt"], "resnet18", data="clean.npz")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import BdpruneError
+from .evaluate import EvalResult, evaluate_model
+from .prune import (
+    channels_from_report,
+    check_channels,
+    default_output,
+    masked_tensors,
+    pruning_metadata,
+    write_safetensors,
+)
+from .scan import load_model, load_samples, resolve_device, score_model
+from .scoring import ScanResult
+from .tune import CurvePoint, choose_u
+
+
+def scan_checkpoints(
+    checkpoints: Sequence[str | Path],
+    arch: str,
+    *,
+    method: str | None = None,
+    data: str | Path | None = None,
+    u: float = 3.0,
+    samples: int = 500,
+    seed: int = 0,
+    normalize: str = "none",
+    device: str = "auto",
+    batch_size: int = 128,
+    num_classes: int | None = None,
+    arch_args: Mapping[str, str] | None = None,
+    trust_pickle: bool = False,
+    show_progress: bool = True,
+) -> list[ScanResult]:
+    """Scan each checkpoint with the same method, data and threshold."""
+    images = load_samples(data, samples, seed) if data is not None else None
+    results = []
+    for path in checkpoints:
+        loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
+        results.append(
+            score_model(
+                loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            )
+        )
+    return results
+
+
+@dataclass
+class PruneOutcome:
+    """What ``prune`` did: where it wrote, which channels, and how u was chosen."""
+
+    output: Path
+    method: str
+    u: float | None
+    channels: dict[str, list[int]]
+    params: tuple[str, ...]
+    channels_total: int
+    curve: list[CurvePoint] = field(default_factory=list)
+    base_acc: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def prune_checkpoint(
+    checkpoint: str | Path,
+    arch: str,
+    *,
+    method: str | None = None,
+    data: str | Path | None = None,
+    u: float = 3.0,
+    output: str | Path | None = None,
+    force: bool = False,
+    channels_report: str | Path | None = None,
+    max_acc_drop: float | None = None,
+    val: str | Path | None = None,
+    samples: int = 500,
+    seed: int = 0,
+    normalize: str = "none",
+    device: str = "auto",
+    batch_size: int = 128,
+    num_classes: int | None = None,
+    arch_args: Mapping[str, str] | None = None,
+    trust_pickle: bool = False,
+    show_progress: bool = True,
+) -> PruneOutcome:
+    """Prune the channels a scan flags (or a report lists) and write ``output`` as safetensors."""
+    checkpoint = Path(checkpoint)
+    out = Path(output) if output is not None else default_output(checkpoint)
+    if (max_acc_drop is None) != (val is None):
+        raise BdpruneError("--max-acc-drop and --val go together", hint="pass both to choose u from a clean-accuracy budget")
+    if channels_report is not None and max_acc_drop is not None:
+        raise BdpruneError("--channels prunes a fixed list; it cannot be combined with --max-acc-drop")
+    from .atomic import check_output_path
+
+    check_output_path(out, inputs=(checkpoint,), force=force)  # fail before any expensive work
+    loaded = load_model(checkpoint, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
+    notes: list[str] = []
+    curve: list[CurvePoint] = []
+    base_acc = None
+    if channels_report is not None:
+        from .methods import METHODS
+
+        channels, entry = channels_from_report(Path(channels_report), checkpoint)
+        method_name = str(entry.get("method") or method or "")
+        params = tuple(entry.get("pruned_params") or METHODS.get(method_name).pruned_params)
+        used_u, used_samples, total = entry.get("u"), int(entry.get("samples") or 0), int(entry.get("channels_total") or 0)
+        notes.append(f"pruning the {sum(map(len, channels.values()))} channels listed in {channels_report}")
+    else:
+        images = load_samples(data, samples, seed) if data is not None else None
+        result = score_model(
+            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+        )
+        notes += result.notes
+        if max_acc_drop is not None:
+            from .data import parse_normalize
+
+            val_set = load_samples(val, None, seed)
+            u, base_acc, curve = choose_u(
+                loaded.model, result, val_set, max_acc_drop, device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize)
+            )
+            notes.append(f"chose u={u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
+            result = result.rethreshold(u)
+        channels, method_name, params = result.flagged_channels(), result.method, result.pruned_params
+        used_u, used_samples, total = result.u, result.samples, result.channels_total
+    check_channels(loaded.model, channels, params, source=channels_report)
+    tensors = masked_tensors(loaded.checkpoint, channels, params)
+    meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
+    metadata = pruning_metadata(method=method_name, u=meta_u, samples=used_samples, source=checkpoint, channels=channels, params=params)
+    write_safetensors(tensors, out, metadata, source=checkpoint, force=force)
+    return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes)
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | Path],
+    arch: str,
+    *,
+    data: str | Path,
+    target: int | None = None,
+    trigger: str | None = None,
+    poisoned: str | Path | None = None,
+    normalize: str = "none",
+    device: str = "auto",
+    batch_size: int = 256,
+    num_classes: int | None = None,
+    arch_args: Mapping[str, str] | None = None,
+    trust_pickle: bool = False,
+) -> list[EvalResult]:
+    """ACC (and ASR with a trigger or a poisoned set) of each checkpoint on the same data."""
+    from .data import check_fits, load_images, parse_normalize
+    from .triggers import parse_trigger
+
+    if trigger is not None and poisoned is not None:
+        raise BdpruneError("pass --trigger or --poisoned, not both")
+    if (trigger is not None or poisoned is not None) and target is None:
+        raise BdpruneError("ASR needs --target, the attack's target label")
+    trig = parse_trigger(trigger) if trigger is not None else None
+    dev, norm = resolve_device(device), parse_normalize(normalize)
+    clean = load_images(data)
+    poisoned_set = load_images(poisoned) if poisoned is not None else None
+    results = []
+    for path in checkpoints:
+        loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
+        check_fits(clean, loaded.in_channels, loaded.num_classes)
+        if target is not None and loaded.num_classes is not None and not 0 <= target < loaded.num_classes:
+            raise BdpruneError(f"--target {target} is not a class of this model (0..{loaded.num_classes - 1})")
+        results.append(
+            evaluate_model(
+                loaded.model, clean, checkpoint=str(path), target=target, trigger=trig, poisoned=poisoned_set,
+                device=dev, batch_size=batch_size, normalize=norm,
+            )
+        )
+    return results

@@ -1,0 +1,242 @@
+"""Read image data sets (``.npz``, ImageFolder directories, CIFAR-10 python batches) safely.
+
+Every reader returns an :class:`ImageSet`: float32 images N x C x H x W in [0, 1] (not
+normalized; normalization happens on the device, see :func:`parse_normalize`) and int64 labels,
+or ``None`` where the source has none.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import BdpruneError
+
+IMAGE_KEYS = ("images", "x", "data", "X")
+LABEL_KEYS = ("labels", "y", "targets", "Y")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+NORMALIZATIONS = {
+    "none": None,
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": ((0.1307,), (0.3081,)),
+}
+
+
+@dataclass
+class ImageSet:
+    """Images (N x C x H x W float32 in [0, 1]) with optional labels, and where they came from."""
+
+    images: Tensor
+    labels: Tensor | None
+    source: Path
+    extra: dict[str, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, n: int | None, seed: int) -> "ImageSet":
+        """``n`` samples drawn without replacement by a generator seeded with ``seed`` (all if None)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        extra = None if self.extra is None else {k: v[idx] for k, v in self.extra.items()}
+        return ImageSet(self.images[idx], pick(self.labels), self.source, extra)
+
+
+def load_images(path: str | Path) -> ImageSet:
+    """Read ``path``: an ``.npz`` file, an ImageFolder directory or a CIFAR-10 batch file/directory."""
+    path = Path(path)
+    if not path.exists():
+        raise BdpruneError("no such data file or directory", path=path, hint="check --data")
+    if path.is_dir():
+        if any(path.glob("data_batch_*")) or (path / "test_batch").exists():
+            data = _load_cifar_dir(path)
+        else:
+            data = _load_image_folder(path)
+    elif path.name.startswith(("data_batch", "test_batch")):
+        data = _cifar_batches([path], path)
+    else:
+        data = _load_npz(path)
+    _check_images(data)
+    return data
+
+
+def _load_npz(path: Path) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except PermissionError:
+        raise BdpruneError("permission denied", path=path, hint="make the file readable") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise BdpruneError(
+            f"cannot be read as .npz data ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})",
+            path=path,
+            hint="pass an .npz with arrays 'images' and 'labels' (or 'x' and 'y')",
+        ) from None
+    image_key = next((k for k in IMAGE_KEYS if k in arrays), None)
+    if image_key is None:
+        raise BdpruneError(
+            f"has no image array (found keys: {', '.join(sorted(arrays)) or 'none'})",
+            path=path,
+            hint="name the arrays 'images' and 'labels' (or 'x' and 'y')",
+        )
+    images = _to_nchw_float(arrays[image_key], path)
+    label_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    labels = _labels(arrays[label_key], len(images), path) if label_key else None
+    extra = {}
+    if "true_labels" in arrays:
+        extra["true_labels"] = _labels(arrays["true_labels"], len(images), path)
+    return ImageSet(images, labels, path, extra or None)
+
+
+def _labels(array: np.ndarray, n: int, path: Path) -> Tensor:
+    if array.ndim != 1 or len(array) != n:
+        raise BdpruneError(f"has {array.shape} labels for {n} images", path=path, hint="give one integer label per image")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise BdpruneError("labels are not integers", path=path, hint="store class indices as integers")
+    labels = torch.from_numpy(np.asarray(array).astype(np.int64))
+    if n and labels.min() < 0:
+        raise BdpruneError("has negative labels", path=path, hint="labels are class indices 0..K-1")
+    return labels
+
+
+def _to_nchw_float(array: np.ndarray, path: Path) -> Tensor:
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise BdpruneError(f"images have dtype {array.dtype}", path=path, hint="store images as uint8 0-255 or float 0-1")
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4:
+        if array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
+            array = array.transpose(0, 3, 1, 2)
+    else:
+        raise BdpruneError(
+            f"images have shape {array.shape}", path=path, hint="store images as N x H x W, N x H x W x C or N x C x H x W"
+        )
+    if array.shape[0] == 0:
+        raise BdpruneError("holds no images", path=path, hint="pass a data file with at least one image")
+    if array.dtype == np.uint8:
+        images = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    else:
+        images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return images
+
+
+def _load_image_folder(path: Path) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    files: list[tuple[Path, int]] = []
+    for label, class_dir in enumerate(classes):
+        files += [(f, label) for f in sorted(class_dir.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not classes:
+        files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise BdpruneError(
+            "holds no images", path=path, hint="use one sub-folder per class with image files inside (ImageFolder layout)"
+        )
+    arrays = []
+    for file, _ in files:
+        try:
+            with Image.open(file) as img:
+                arrays.append(np.asarray(img.convert("RGB" if img.mode not in ("L", "1", "I;16") else "L")))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BdpruneError(f"cannot read image ({exc.__class__.__name__})", path=file, hint="remove or fix the file") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise BdpruneError(
+            f"holds images of {len(shapes)} different sizes", path=path, hint="resize the images to the model's input size"
+        )
+    images = _to_nchw_float(np.stack(arrays), path)
+    labels = torch.tensor([lab for _, lab in files]) if classes else None
+    return ImageSet(images, labels, path)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches: builtin containers and numpy arrays, nothing callable else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle hook
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar_dir(path: Path) -> ImageSet:
+    batches = sorted(path.glob("data_batch_*")) or [path / "test_batch"]
+    return _cifar_batches(batches, path)
+
+
+def _cifar_batches(files: list[Path], source: Path) -> ImageSet:
+    images, labels = [], []
+    for file in files:
+        try:
+            with file.open("rb") as f:
+                batch = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            images.append(data)
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except Exception as exc:
+            raise BdpruneError(
+                f"is not a CIFAR-10 python batch ({str(exc)[:100] or type(exc).__name__})",
+                path=file,
+                hint="pass the cifar-10-batches-py directory or one of its batch files",
+            ) from None
+    return ImageSet(torch.from_numpy(np.concatenate(images)).float().div_(255.0), torch.from_numpy(np.concatenate(labels)), source)
+
+
+def _check_images(data: ImageSet) -> None:
+    if not torch.isfinite(data.images).all():
+        raise BdpruneError("images contain NaN or infinite values", path=data.source, hint="clean the data file")
+
+
+def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``none``, a preset name, or ``MEAN,STD`` / ``m1,m2,m3,s1,s2,s3`` -> (mean, std) or None."""
+    key = spec.strip().lower()
+    if key in NORMALIZATIONS:
+        return NORMALIZATIONS[key]
+    try:
+        values = [float(v) for v in key.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 6) or any(not np.isfinite(v) for v in values) or any(s <= 0 for s in values[len(values) // 2 :]):
+        raise BdpruneError(
+            f"bad --normalize {spec!r}",
+            hint=f"use {', '.join(NORMALIZATIONS)}, MEAN,STD or m1,m2,m3,s1,s2,s3 with positive STD",
+        )
+    half = len(values) // 2
+    return tuple(values[:half]), tuple(values[half:])
+
+
+def check_fits(data: ImageSet, in_channels: int | None, num_classes: int | None = None) -> None:
+    """Raise when the images' channel count or labels cannot fit a model."""
+    c = int(data.images.shape[1])
+    if in_channels is not None and c != in_channels:
+        raise BdpruneError(
+            f"images have {c} channel(s) but the model takes {in_channels}",
+            path=data.source,
+            hint="pass data of the model's input size, or the right --arch",
+        )
+    if num_classes is not None and data.labels is not None and len(data.labels) and int(data.labels.max()) >= num_classes:
+        raise BdpruneError(
+            f"has label {int(data.labels.max())} but the model has {num_classes} classes",
+            path=data.source,
+            hint="check the labels or --num-classes",
+        )

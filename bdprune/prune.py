@@ -1,0 +1,157 @@
+"""Apply a scan's flags to a checkpoint and write it as safetensors, all-or-nothing.
+
+Masks follow the papers: EP and BNP zero the BN weight (gamma) of a flagged channel, CLP zeroes
+gamma and beta. Every tensor keeps its shape and its original key name, so the user's own model
+class loads the result with ``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .atomic import atomic_path, check_output_path
+from .checkpoint import Checkpoint
+from .errors import BdpruneError
+from .stats import bn_layers
+
+
+def default_output(checkpoint: Path) -> Path:
+    """``<stem>.pruned.safetensors`` beside the input."""
+    return checkpoint.with_name(f"{checkpoint.stem}.pruned.safetensors")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_channels(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], *, source: object = None) -> None:
+    """Refuse channel lists naming a layer that is not a BN of ``model`` or an index out of range."""
+    layers = dict(bn_layers(model))
+    for layer, chans in channels.items():
+        bn = layers.get(layer)
+        if bn is None:
+            raise BdpruneError(f"layer {layer!r} is not a BatchNorm layer of this model", path=source, hint="was the report made for this --arch?")
+        bad = [c for c in chans if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < bn.num_features]
+        if bad:
+            raise BdpruneError(f"{layer} has {bn.num_features} channels; indices {bad[:5]} are out of range", path=source)
+        if not bn.affine and params:
+            raise BdpruneError(f"{layer} has no affine weight to zero (affine=False)", hint="this layer cannot be pruned by masking")
+
+
+def masked_tensors(checkpoint: Checkpoint, channels: Mapping[str, Sequence[int]], params: Sequence[str]) -> dict[str, Tensor]:
+    """The checkpoint's tensors (file key names) with ``params`` of the listed channels set to 0."""
+    tensors = {k: v for k, v in checkpoint.tensors.items()}
+    for layer, chans in channels.items():
+        if not chans:
+            continue
+        for param in params:
+            key = checkpoint.file_key(f"{layer}.{param}")
+            pruned = tensors[key].clone()
+            pruned[list(chans)] = 0
+            tensors[key] = pruned
+    return tensors
+
+
+def mask_model(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str]) -> None:
+    """Zero ``params`` of the listed channels in ``model``'s own BN layers, in place."""
+    layers = dict(bn_layers(model))
+    with torch.no_grad():
+        for layer, chans in channels.items():
+            for param in params:
+                getattr(layers[layer], param)[list(chans)] = 0
+
+
+def pruning_metadata(
+    *, method: str, u: float | None, samples: int, source: Path, channels: Mapping[str, Sequence[int]], params: Sequence[str]
+) -> dict[str, str]:
+    """The text metadata stored in the safetensors header."""
+    return {
+        "format": "pt",
+        "bdprune_version": __version__,
+        "method": method,
+        "u": "" if u is None else repr(float(u)),
+        "samples": str(samples),
+        "source_sha256": sha256_file(source),
+        "pruned_params": ",".join(params),
+        "pruned_channels": json.dumps({k: sorted(int(c) for c in v) for k, v in channels.items() if v}, sort_keys=True),
+    }
+
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Serialize to the safetensors format with keys sorted, so equal inputs give equal bytes
+    (the reference writer orders metadata by hash, which differs between runs)."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.dtype not in _DTYPES:
+            raise BdpruneError(f"tensor {name} has dtype {t.dtype}, which safetensors output does not support")
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+def write_safetensors(tensors: Mapping[str, Tensor], output: Path, metadata: Mapping[str, str], *, source: Path, force: bool) -> None:
+    """Write ``tensors`` to ``output`` via a temporary file and a rename; the input is never touched."""
+    check_output_path(output, inputs=(source,), force=force)
+    payload = safetensors_bytes(tensors, metadata)
+    with atomic_path(output) as tmp:
+        with tmp.open("wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_pruned_channels(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """The pruned channels and the whole metadata of a file written by bdprune."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("pruned_channels", "{}")), meta
+
+
+def channels_from_report(report_path: Path, checkpoint: Path) -> tuple[dict[str, list[int]], dict]:
+    """Flagged channels (and the scan's method, u, samples) from a ``scan --format json`` report."""
+    try:
+        doc = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BdpruneError(f"cannot read the scan report ({type(exc).__name__})", path=report_path, hint="pass the file written by `bdprune scan --format json`") from None
+    entries = doc.get("results", [doc]) if isinstance(doc, dict) else []
+    if len(entries) > 1:
+        entries = [e for e in entries if isinstance(e, dict) and _same_file(e.get("checkpoint"), checkpoint)]
+    if len(entries) != 1 or not isinstance(entries[0], dict) or not isinstance(entries[0].get("flagged"), dict):
+        raise BdpruneError("is not a scan report for this checkpoint", path=report_path, hint="pass the file written by `bdprune scan --format json`")
+    entry = entries[0]
+    flagged = {str(k): list(v) for k, v in entry["flagged"].items() if isinstance(v, list)}
+    return flagged, entry
+
+
+def _same_file(a: object, b: Path) -> bool:
+    try:
+        return a is not None and Path(str(a)).resolve() == b.resolve()
+    except OSError:
+        return False

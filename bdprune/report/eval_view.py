@@ -1,0 +1,45 @@
+"""What ``eval`` prints: ACC and ASR per checkpoint, and the delta when two are compared."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import BdpruneError
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_eval(results, output_format: str = "table", console: Console | None = None) -> None:
+    """Print a list of :class:`bdprune.evaluate.EvalResult` as a table or JSON (stdout)."""
+    console = console or Console()
+    if output_format == "json":
+        doc = {"schema_version": 1, "results": [asdict(r) for r in results]}
+        if len(results) == 2:
+            doc["delta"] = _delta(results)
+        console.file.write(json.dumps(doc, indent=2) + "\n")
+        return
+    if output_format != "table":
+        raise BdpruneError(f"unknown --format {output_format!r} for eval", hint="use table or json")
+    table = Table(title="Evaluation" + (f" (target {results[0].target}, {results[0].trigger})" if results[0].trigger else ""))
+    table.add_column("checkpoint")
+    table.add_column("ACC %", justify="right")
+    table.add_column("ASR %", justify="right")
+    table.add_column("clean / triggered images", justify="right")
+    for r in results:
+        table.add_row(r.checkpoint, _pct(r.acc), _pct(r.asr), f"{r.n_clean} / {r.n_triggered}")
+    if len(results) == 2:
+        d = _delta(results)
+        table.add_row("delta (second - first)", f"{d['acc']:+.2f}", "-" if d["asr"] is None else f"{d['asr']:+.2f}", "", style="bold")
+    console.print(table)
+
+
+def _delta(results) -> dict:
+    before, after = results
+    asr = None if before.asr is None or after.asr is None else after.asr - before.asr
+    return {"acc": after.acc - before.acc, "asr": asr}

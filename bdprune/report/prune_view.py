@@ -1,0 +1,31 @@
+"""What ``prune`` prints: the channels pruned per layer, the u curve if one was searched, where it went."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_prune(outcome, console: Console | None = None) -> None:
+    """Print a :class:`bdprune.core.PruneOutcome` for people (stdout)."""
+    console = console or Console()
+    if outcome.curve:
+        curve = Table(title=f"u search on validation data (unpruned ACC {outcome.base_acc:.2f}%)")
+        for col in ("u", "channels pruned", "ACC %", "drop"):
+            curve.add_column(col, justify="right")
+        for p in outcome.curve:
+            chosen = p.u == outcome.u
+            curve.add_row(f"{p.u:g}", str(p.channels), f"{p.acc:.2f}", f"{outcome.base_acc - p.acc:+.2f}", style="bold green" if chosen else None)
+        console.print(curve)
+    table = Table(title=f"Pruned channels ({outcome.method}: zeroed {' and '.join(outcome.params)})")
+    table.add_column("layer")
+    table.add_column("pruned", justify="right")
+    table.add_column("channels")
+    for layer, chans in outcome.channels.items():
+        shown = ", ".join(map(str, chans[:16])) + (" ..." if len(chans) > 16 else "")
+        table.add_row(layer, str(len(chans)), shown)
+    if outcome.channels:
+        console.print(table)
+    n = sum(map(len, outcome.channels.values()))
+    u = "" if outcome.u is None else f" at u={outcome.u:g}"
+    console.print(f"pruned {n} of {outcome.channels_total or '?'} channels{u}; wrote {outcome.output}", markup=False, highlight=False)

@@ -1,0 +1,183 @@
+"""The scan pipeline with plain arguments: load, gather statistics, score, threshold.
+
+``scan`` and ``prune`` both come through :func:`score_model`, so a pruned file always holds
+exactly the channels a scan with the same settings flags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from . import __version__
+from .archs import ArchSpec, build_model
+from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
+from .data import ImageSet, check_fits, load_images, parse_normalize
+from .errors import BdpruneError
+from .methods import METHODS, Method, ScoreContext
+from .scoring import ScanResult, flag_layer
+from .stats import bn_layers, collect_stats
+
+
+@dataclass
+class LoadedModel:
+    """A model with its checkpoint loaded, and where both came from."""
+
+    model: nn.Module
+    checkpoint: Checkpoint
+    arch: str
+    spec: ArchSpec | None
+
+    @property
+    def in_channels(self) -> int | None:
+        """Channel count of the first conv layer, if there is one."""
+        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        return None if conv is None else conv.in_channels
+
+    @property
+    def num_classes(self) -> int | None:
+        """Output size of the last linear layer, if there is one."""
+        linear = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        return linear[-1].out_features if linear else None
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise BdpruneError(f"unknown --device {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BdpruneError(f"unsupported --device {spec!r}", hint="use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BdpruneError(f"--device {spec}: no CUDA GPU is available here", hint="use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BdpruneError(
+                f"--device {spec}: only {torch.cuda.device_count()} GPU(s)", hint=f"use cuda:0..{torch.cuda.device_count() - 1}"
+            )
+    return device
+
+
+def load_model(
+    checkpoint_path: str | Path,
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    arch_args: Mapping[str, str] | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error."""
+    checkpoint = load_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
+    model, spec = build_model(arch, checkpoint.model_state, num_classes=num_classes, arch_args=dict(arch_args or {}))
+    fit_to_model(model, checkpoint, arch=arch)
+    return LoadedModel(model.eval(), checkpoint, arch, spec)
+
+
+def load_samples(path: str | Path, samples: int | None, seed: int) -> ImageSet:
+    """Read a data set and draw ``samples`` of it deterministically (all when it holds fewer)."""
+    if samples is not None and samples < 1:
+        raise BdpruneError(f"--samples must be at least 1, got {samples}")
+    return load_images(path).subset(samples, seed)
+
+
+def choose_method(method: str | None, has_data: bool) -> tuple[type[Method], str]:
+    """The method class to run and why it was chosen."""
+    if method is not None:
+        return METHODS.get(method), "chosen with --method"
+    if has_data:
+        return METHODS.get("bnp"), "default: --data was given"
+    return METHODS.get("clp"), "default: no --data, so the data-free method"
+
+
+def check_u(u: float) -> float:
+    """Refuse a threshold that is not a finite, non-negative number."""
+    if not math.isfinite(u) or u < 0:
+        raise BdpruneError(f"--u must be a finite number >= 0, got {u}", hint="the paper's default is 3")
+    return u
+
+
+def score_model(
+    loaded: LoadedModel,
+    method: str | None = None,
+    *,
+    data: ImageSet | None = None,
+    u: float = 3.0,
+    device: str = "auto",
+    batch_size: int = 128,
+    normalize: str = "none",
+    show_progress: bool = True,
+) -> ScanResult:
+    """Score every BN channel of ``loaded`` with ``method`` and flag per layer at ``u``."""
+    check_u(u)
+    if batch_size < 1:
+        raise BdpruneError(f"--batch-size must be at least 1, got {batch_size}")
+    method_cls, reason = choose_method(method, data is not None)
+    dev = resolve_device(device)
+    norm = parse_normalize(normalize)
+    model = loaded.model
+    if not bn_layers(model):
+        raise BdpruneError(
+            f"the model has no BatchNorm layers: {method_cls.name} scores BatchNorm channels",
+            path=loaded.checkpoint.path,
+            hint="bdprune audits BatchNorm networks; check --arch",
+        )
+    notes = list(loaded.checkpoint.notes)
+    stats = None
+    used = 0
+    if method_cls.data_role is not None:
+        if data is None:
+            raise BdpruneError(
+                f"--method {method_cls.name} needs --data with {method_cls.data_role} samples",
+                hint="pass --data FILE, or use --method clp (data-free)",
+            )
+        check_fits(data, loaded.in_channels)
+        if norm is not None and len(norm[0]) not in (1, data.images.shape[1]):
+            raise BdpruneError(f"--normalize has {len(norm[0])} means for {data.images.shape[1]}-channel images")
+        stats = collect_stats(
+            model,
+            data.images,
+            device=dev,
+            batch_size=batch_size,
+            moments=method_cls.needs_moments,
+            maxima=method_cls.needs_maxima,
+            normalize=norm,
+            show_progress=show_progress,
+        )
+        used = len(data)
+    elif data is not None:
+        notes.append(f"{method_cls.name} is data-free; --data was not used")
+    model.to(dev)
+    ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes)
+    with torch.inference_mode():
+        raw = method_cls().score(ctx)
+    for layer, scores in raw.items():
+        if not torch.isfinite(scores).all():
+            raise BdpruneError(
+                f"{method_cls.name} scores of {layer} are NaN or infinite",
+                path=loaded.checkpoint.path,
+                hint="the checkpoint or the data holds NaN/inf values; check both",
+            )
+    layers = [flag_layer(name, s, u, low_is_suspicious=method_cls.low_is_suspicious) for name, s in raw.items()]
+    return ScanResult(
+        checkpoint=str(loaded.checkpoint.path),
+        arch=loaded.arch,
+        method=method_cls.name,
+        method_reason=reason,
+        u=u,
+        samples=used,
+        device=str(dev),
+        layers=layers,
+        low_is_suspicious=method_cls.low_is_suspicious,
+        pruned_params=method_cls.pruned_params,
+        notes=notes,
+        version=__version__,
+    )

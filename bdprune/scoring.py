@@ -1,0 +1,111 @@
+"""Per-layer thresholds, z-scores and the scan result every report and the pruner read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerResult:
+    """One BN layer: raw scores, z-scores (sign flipped where low is suspicious), flagged channels."""
+
+    name: str
+    scores: list[float]
+    z: list[float]
+    flagged: list[int]
+    mean: float
+    std: float
+    threshold: float | None
+
+
+def flag_layer(name: str, scores: Tensor, u: float, *, low_is_suspicious: bool) -> LayerResult:
+    """Flag the channels beyond the layer's own mean by more than ``u`` (unbiased) standard deviations.
+
+    ``score > mean + u*std`` (``score < mean - u*std`` when low is suspicious), exactly as the
+    official code writes it. A layer with one channel, or whose scores are all equal, has no
+    spread: every z is 0 and nothing is flagged.
+    """
+    s = scores.detach().to("cpu", torch.float64)
+    mean = float(s.mean())
+    std = float(s.std()) if s.numel() > 1 else math.nan
+    if not math.isfinite(std) or std == 0.0:
+        return LayerResult(name, s.tolist(), [0.0] * s.numel(), [], mean, 0.0 if s.numel() > 1 else math.nan, None)
+    sign = -1.0 if low_is_suspicious else 1.0
+    threshold = mean + sign * u * std
+    flagged = (s < threshold) if low_is_suspicious else (s > threshold)
+    z = sign * (s - mean) / std
+    return LayerResult(name, s.tolist(), z.tolist(), flagged.nonzero().flatten().tolist(), mean, std, threshold)
+
+
+@dataclass
+class ScanResult:
+    """Everything a scan found; the reports and the pruner work from this alone."""
+
+    checkpoint: str
+    arch: str
+    method: str
+    method_reason: str
+    u: float
+    samples: int
+    device: str
+    layers: list[LayerResult]
+    low_is_suspicious: bool
+    pruned_params: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+    version: str = ""
+
+    @property
+    def channels_total(self) -> int:
+        """How many channels were scored."""
+        return sum(len(layer.scores) for layer in self.layers)
+
+    def flagged_channels(self) -> dict[str, list[int]]:
+        """Flagged channel indices per layer, layers with none left out."""
+        return {layer.name: list(layer.flagged) for layer in self.layers if layer.flagged}
+
+    @property
+    def flagged_total(self) -> int:
+        """How many channels were flagged."""
+        return sum(len(layer.flagged) for layer in self.layers)
+
+    def ranked(self) -> list[tuple[str, int, float, float, bool]]:
+        """Every channel as (layer, channel, score, z, flagged), most suspicious first."""
+        rows = []
+        for layer in self.layers:
+            flagged = set(layer.flagged)
+            rows += [(layer.name, c, s, z, c in flagged) for c, (s, z) in enumerate(zip(layer.scores, layer.z))]
+        rows.sort(key=lambda r: (-r[3] if math.isfinite(r[3]) else math.inf, r[0], r[1]))
+        return rows
+
+    def rethreshold(self, u: float) -> "ScanResult":
+        """The same scores flagged at another ``u`` (no recomputation)."""
+        layers = [
+            flag_layer(layer.name, torch.tensor(layer.scores, dtype=torch.float64), u, low_is_suspicious=self.low_is_suspicious)
+            for layer in self.layers
+        ]
+        return ScanResult(**{**self.__dict__, "u": u, "layers": layers})
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``schema_version`` included); NaN becomes null."""
+        data = asdict(self)
+        data["pruned_params"] = list(self.pruned_params)
+        data["flagged"] = self.flagged_channels()
+        data["channels_total"] = self.channels_total
+        data["flagged_total"] = self.flagged_total
+        return {"schema_version": SCHEMA_VERSION, **_finite(data)}
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

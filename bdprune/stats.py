@@ -1,0 +1,118 @@
+"""One pass over the data collecting what the data-driven methods need at every BatchNorm input.
+
+For BNP: per-channel sums of x and x^2 in float64 over samples and positions, so any number of
+batches gives the same numbers as one big batch and memory does not grow with the samples.
+For EP: per-sample, per-channel spatial maxima (N x C), the only statistic that must grow with N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .errors import BdpruneError
+from .progress import progress_bar
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """Every BatchNorm layer of ``model`` with its qualified name, in registration order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
+
+
+@dataclass
+class LayerStats:
+    """What one BN layer's input looked like over the data."""
+
+    channels: int
+    count: int = 0  # values per channel: samples x spatial positions
+    sum: Tensor | None = None  # float64, C
+    sumsq: Tensor | None = None  # float64, C
+    maxima: list[Tensor] = field(default_factory=list)  # batches of B x C (float32)
+
+    @property
+    def mean(self) -> Tensor:
+        """Per-channel mean of the BN input."""
+        return self.sum / self.count
+
+    @property
+    def var(self) -> Tensor:
+        """Per-channel unbiased variance of the BN input (torch's default, as the official code)."""
+        centered = self.sumsq - self.sum * self.sum / self.count
+        return (centered / max(self.count - 1, 1)).clamp_min(0.0)
+
+    def maxima_matrix(self) -> Tensor:
+        """The per-sample spatial maxima as a C x N matrix."""
+        return torch.cat(self.maxima).T
+
+
+def _reduce_dims(x: Tensor) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.dim()))
+
+
+def collect_stats(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    moments: bool = True,
+    maxima: bool = False,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    show_progress: bool = True,
+) -> dict[str, LayerStats]:
+    """Run ``images`` (N x C x H x W in [0, 1]) through ``model`` in eval mode and gather BN-input stats."""
+    layers = bn_layers(model)
+    stats = {name: LayerStats(channels=bn.num_features) for name, bn in layers}
+
+    def hook_for(name: str):
+        st = stats[name]
+
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0]
+            if moments:
+                dims = _reduce_dims(x)
+                xd = x.to(torch.float64)
+                s, ss = xd.sum(dims), (xd * xd).sum(dims)
+                st.sum = s if st.sum is None else st.sum + s
+                st.sumsq = ss if st.sumsq is None else st.sumsq + ss
+                st.count += x.numel() // x.shape[1]
+            if maxima:
+                peak = x.amax(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x.clone()
+                st.maxima.append(peak.float())
+
+        return hook
+
+    handles = [bn.register_forward_pre_hook(hook_for(name)) for name, bn in layers]
+    mean = std = None
+    if normalize is not None:
+        mean = torch.tensor(normalize[0], device=device, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(normalize[1], device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    model.eval().to(device)
+    try:
+        with torch.inference_mode(), progress_bar(len(images), "statistics pass", enabled=show_progress) as advance:
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size].to(device, non_blocking=True)
+                if mean is not None:
+                    batch = (batch - mean) / std
+                run_forward(model, batch)
+                advance(len(batch))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def run_forward(model: nn.Module, batch: Tensor) -> Tensor:
+    """``model(batch)``, turning a shape mismatch into a one-line :class:`BdpruneError`."""
+    try:
+        return model(batch)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BdpruneError(
+            f"images of shape {tuple(batch.shape[1:])} do not fit the model ({first})",
+            hint="pass data of the model's input size and channel count, or the right --arch",
+        ) from None
