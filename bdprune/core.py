@@ -42,18 +42,40 @@ def scan_checkpoints(
     arch_args: Mapping[str, str] | None = None,
     trust_pickle: bool = False,
     show_progress: bool = True,
+    fail_threshold: float | None = None,
 ) -> list[ScanResult]:
-    """Scan each checkpoint with the same method, data and threshold."""
+    """Scan each checkpoint with the same method, data and threshold, each with its verdict."""
+    from .verdict import assess
+
     images = load_samples(data, samples, seed) if data is not None else None
     results = []
-    for path in checkpoints:
+    for path in expand_checkpoints(checkpoints):
         loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
-        results.append(
-            score_model(
-                loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
-            )
+        result = score_model(
+            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
         )
+        result.verdict = assess(result, fail_threshold)
+        results.append(result)
     return results
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory becomes its checkpoint files (by suffix), sorted."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+            if not found:
+                raise BdpruneError("holds no checkpoint files", path=path, hint=f"expected files ending in {', '.join(CHECKPOINT_SUFFIXES)}")
+            out += found
+        else:
+            out.append(path)
+    if not out:
+        raise BdpruneError("no checkpoint given", hint="pass one or more checkpoint files or directories")
+    return out
 
 
 @dataclass

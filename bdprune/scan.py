@@ -76,6 +76,8 @@ def load_model(
     trust_pickle: bool = False,
 ) -> LoadedModel:
     """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error."""
+    if not arch:
+        raise BdpruneError("--arch is required", hint="pass --arch NAME (`bdprune archs` lists them) or set arch in [tool.bdprune]")
     checkpoint = load_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
     model, spec = build_model(arch, checkpoint.model_state, num_classes=num_classes, arch_args=dict(arch_args or {}))
     fit_to_model(model, checkpoint, arch=arch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,6 +60,8 @@ class ScanResult:
     pruned_params: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
     version: str = ""
+    verdict: Any = None  # a bdprune.verdict.Verdict once assessed
+
 
     @property
     def channels_total(self) -> int:
@@ -98,6 +101,8 @@ class ScanResult:
         data["flagged"] = self.flagged_channels()
         data["channels_total"] = self.channels_total
         data["flagged_total"] = self.flagged_total
+        if self.verdict is not None:
+            data["verdict"] = {"label": self.verdict.label, **asdict(self.verdict)}
         return {"schema_version": SCHEMA_VERSION, **_finite(data)}
 
 

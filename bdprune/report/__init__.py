@@ -16,6 +16,8 @@ class OutputFormat(str, Enum):
 
     table = "table"
     json = "json"
+    sarif = "sarif"
+    markdown = "markdown"
 
 
 class Reporter(Protocol):
@@ -27,4 +29,4 @@ class Reporter(Protocol):
 
 REPORTERS: Registry[Reporter] = Registry("output format")
 
-from . import json_report, table  # noqa: E402,F401  (registers the formats)
+from . import json_report, markdown, sarif, table  # noqa: E402,F401  (registers the formats)

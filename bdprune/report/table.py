@@ -44,6 +44,12 @@ def totals_line(result: ScanResult) -> str:
     )
 
 
+def verdict_line(result: ScanResult) -> str:
+    """The checkpoint-level verdict in one line."""
+    v = result.verdict
+    return f"verdict: {v.label.upper()} ({v.rule} = {v.statistic:.2f}, threshold {v.threshold:g})"
+
+
 @REPORTERS.register("table")
 class TableReporter:
     """Rich tables for a terminal."""
@@ -54,3 +60,5 @@ class TableReporter:
                 console.print(ranked_table(result, top))
             console.print(layer_table(result))
             console.print(totals_line(result), markup=False, highlight=False)
+            if result.verdict is not None:
+                console.print(verdict_line(result), style="bold red" if result.verdict.suspicious else "bold green", markup=False, highlight=False)

@@ -1,0 +1,42 @@
+"""``--format markdown``: a summary fit for a pull-request comment."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.console import Console
+
+from ..scoring import ScanResult
+from . import REPORTERS
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_report(results: Sequence[ScanResult], top: int) -> str:
+    """A verdict table over all checkpoints, then each checkpoint's top channels."""
+    lines = ["## bdprune scan", "", "| checkpoint | method | verdict | statistic | threshold | flagged channels (u) |", "|---|---|---|---:|---:|---:|"]
+    for r in results:
+        v = r.verdict
+        verdict = "-" if v is None else ("**suspicious**" if v.suspicious else "clean")
+        stat = "-" if v is None else f"{v.statistic:.2f}"
+        thr = "-" if v is None else f"{v.threshold:g}"
+        lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
+    for r in results:
+        if top <= 0:
+            break
+        lines += ["", f"<details><summary>Top {top} channels of <code>{_cell(r.checkpoint)}</code></summary>", ""]
+        lines += ["| rank | layer | channel | score | z | flagged |", "|---:|---|---:|---:|---:|:---:|"]
+        for rank, (layer, channel, score, z, flagged) in enumerate(r.ranked()[:top], 1):
+            lines.append(f"| {rank} | `{_cell(layer)}` | {channel} | {score:.4g} | {z:+.2f} | {'yes' if flagged else ''} |")
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+@REPORTERS.register("markdown")
+class MarkdownReporter:
+    """Writes :func:`markdown_report`."""
+
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
+        console.file.write(markdown_report(results, top))
