@@ -99,5 +99,6 @@ def _typed(key: str, value: Any, path: Path) -> Any:
     if kind is Path and isinstance(value, str):
         return (path.parent / value).resolve()
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise BdpruneError(f"[tool.bdprune] {key} must be a {kind.__name__}, got {value!r}", path=path)
+        expected = {float: "a number", int: "an integer", str: "a string", Path: "a path string"}[kind]
+        raise BdpruneError(f"[tool.bdprune] {key} must be {expected}, got {value!r}", path=path)
     return value
