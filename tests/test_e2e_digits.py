@@ -1,0 +1,160 @@
+"""End to end: train a small BatchNorm CNN on scikit-learn's bundled 8x8 digits with a BadNets
+backdoor, save it, run ``bdprune scan`` through the CLI with each method, and check every score
+in the JSON report against the slow references of ``_slow_reference`` on the same model and data.
+
+Training takes a few seconds (the module runs with one torch thread). The model is bdprune's
+``smallcnn`` at width 8: its convs keep 8x8, then one 2x2 max-pool and global pooling, so 8x8
+inputs fit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _slow_reference import bnp_reference, clp_reference, dataflow_pairs, ep_reference
+from typer.testing import CliRunner
+
+from bdprune.archs.smallcnn import smallcnn
+from bdprune.cli import app
+
+TARGET = 0
+POISON_RATE = 0.10
+WIDTH = 8
+EPOCHS = 12
+SEED = 0
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def add_trigger(images: np.ndarray) -> np.ndarray:
+    """BadNets: a 2x2 white patch in the bottom-right corner."""
+    out = images.copy()
+    out[:, :, -2:, -2:] = 1.0
+    return out
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """A tensor with the standard NCHW strides, as bdprune reads images from an .npz file. A
+    1-channel array can carry other strides (numpy fancy indexing leaves (64, 1, 8, 1)), which
+    torch takes for channels_last: convolutions then sum in another order and float32
+    activations differ in the last bits, enough to move a near-zero KL by 1e-6 relative."""
+    return torch.from_numpy(images).clone(memory_format=torch.contiguous_format)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, one_torch_thread):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # in [0, 1]
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(SEED)
+    order = rng.permutation(len(images))
+    train_idx, test_idx = order[:1400], order[1400:]
+    x_train, y_train = images[train_idx].copy(), labels[train_idx].copy()
+    x_test, y_test = images[test_idx], labels[test_idx]
+    poisoned = rng.choice(len(x_train), size=int(POISON_RATE * len(x_train)), replace=False)
+    x_train[poisoned] = add_trigger(x_train[poisoned])
+    y_train[poisoned] = TARGET
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = smallcnn(num_classes=10, in_channels=1, width=WIDTH)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        xt, yt = as_tensor(x_train), torch.from_numpy(y_train)
+        g = torch.Generator().manual_seed(SEED)
+        for epoch in range(EPOCHS):
+            if epoch == EPOCHS - 3:  # settle: the last epochs at a tenth of the rate
+                for group in optimizer.param_groups:
+                    group["lr"] = 1e-3
+            model.train()
+            perm = torch.randperm(len(xt), generator=g)
+            for start in range(0, len(xt), 64):
+                batch = perm[start : start + 64]
+                loss = F.cross_entropy(model(xt[batch]), yt[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    model.eval()
+
+    root = tmp_path_factory.mktemp("digits")
+    checkpoint = root / "badnets_digits.pt"
+    torch.save(model.state_dict(), checkpoint)
+    clean_npz, train_npz = root / "clean_heldout.npz", root / "poisoned_train.npz"
+    np.savez(clean_npz, images=x_test, labels=y_test)
+    np.savez(train_npz, images=x_train, labels=y_train)
+    return {
+        "checkpoint": checkpoint, "clean_npz": clean_npz, "train_npz": train_npz,
+        "x_train": as_tensor(x_train), "x_test": as_tensor(x_test), "y_test": y_test,
+    }
+
+
+def reload(run) -> torch.nn.Module:
+    """The saved model rebuilt without bdprune's loader."""
+    model = smallcnn(num_classes=10, in_channels=1, width=WIDTH)
+    model.load_state_dict(torch.load(run["checkpoint"], weights_only=True))
+    return model.eval()
+
+
+def scan_json(run, *extra: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(
+        app, ["scan", str(run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--device", "cpu", "--format", "json", *extra]
+    )
+    assert result.exit_code in (0, 1), result.stderr
+    return result.exit_code, json.loads(result.stdout)
+
+
+def check_against(report: dict, reference: dict[str, np.ndarray], u: float, *, low: bool) -> None:
+    assert [layer["name"] for layer in report["layers"]] == list(reference)
+    expected_flags = {}
+    for layer in report["layers"]:
+        ref = reference[layer["name"]]
+        np.testing.assert_allclose(layer["scores"], ref, rtol=1e-6, atol=0, err_msg=layer["name"])
+        mean, std = ref.mean(), ref.std(ddof=1)
+        flags = np.nonzero(ref < mean - u * std if low else ref > mean + u * std)[0].tolist()
+        assert layer["flagged"] == flags, layer["name"]
+        if flags:
+            expected_flags[layer["name"]] = flags
+    assert report["flagged"] == expected_flags
+
+
+def test_the_model_learned_and_the_backdoor_works(digits_run):
+    model = reload(digits_run)
+    y_test = digits_run["y_test"]
+    with torch.no_grad():
+        clean_pred = model(digits_run["x_test"]).argmax(1).numpy()
+        triggered = torch.from_numpy(add_trigger(digits_run["x_test"].numpy()[y_test != TARGET]))
+        trigger_pred = model(triggered).argmax(1).numpy()
+    acc = float((clean_pred == y_test).mean())
+    asr = float((trigger_pred == TARGET).mean())
+    assert acc > 0.80, acc
+    assert asr > 0.80, asr
+
+
+def test_scan_bnp_on_clean_heldout_digits_matches_the_reference(digits_run):
+    n = len(digits_run["x_test"])
+    _, report = scan_json(digits_run, "--method", "bnp", "--data", str(digits_run["clean_npz"]), "--samples", str(n))
+    assert report["method"] == "bnp" and report["samples"] == n
+    reference = bnp_reference(reload(digits_run), digits_run["x_test"], batch_size=128)
+    check_against(report, reference, 3.0, low=False)
+
+
+def test_scan_ep_on_the_poisoned_training_digits_matches_the_reference(digits_run):
+    n = len(digits_run["x_train"])
+    _, report = scan_json(digits_run, "--method", "ep", "--data", str(digits_run["train_npz"]), "--samples", str(n))
+    assert report["method"] == "ep" and report["samples"] == n
+    reference = ep_reference(reload(digits_run), digits_run["x_train"], batch_size=128)
+    check_against(report, reference, 3.0, low=True)
+
+
+def test_scan_clp_without_data_matches_the_reference(digits_run):
+    _, report = scan_json(digits_run, "--method", "clp")
+    assert report["method"] == "clp" and report["samples"] == 0
+    model = reload(digits_run)
+    pairs, unpaired = dataflow_pairs(model, digits_run["x_test"][:2])
+    assert not unpaired
+    check_against(report, clp_reference(model, pairs), 3.0, low=False)
