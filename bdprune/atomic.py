@@ -23,6 +23,8 @@ def check_output_path(output: Path, *, inputs: tuple[Path, ...] = (), force: boo
         raise BdpruneError("the output file already exists", path=output, hint="pass --force to replace it, or another -o")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise BdpruneError("is not a directory, so the output cannot go inside it", path=parent, hint="pass another -o")
         raise BdpruneError("the output directory does not exist", path=parent, hint="create it first")
     if not os.access(parent, os.W_OK):
         raise BdpruneError("the output directory is not writable", path=parent, hint="choose a writable location with -o")
@@ -31,7 +33,10 @@ def check_output_path(output: Path, *, inputs: tuple[Path, ...] = (), force: boo
 @contextmanager
 def atomic_path(output: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``output``; on success rename it over ``output``, else delete it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent if str(output.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent if str(output.parent) else ".")
+    except OSError as exc:  # read-only file system, no space for even an empty file, ...
+        raise BdpruneError(f"could not write the output ({exc.strerror or exc})", path=output, hint="check free space and permissions") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -8,6 +8,9 @@ everything else). A full pickle is opened only when the caller passes ``trust_pi
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -51,13 +54,16 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Checkpoint:
     """Read a checkpoint file into a :class:`Checkpoint`, executing nothing from it."""
     path = Path(path)
-    _check_readable(path)
-    if path.stat().st_size == 0:
-        raise BdpruneError("the file is empty", path=path, hint="pass a non-empty checkpoint")
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
-        raw: object = _load_safetensors(path)
-    else:
-        raw = _load_torch(path, trust_pickle=trust_pickle)
+    try:
+        _check_readable(path)
+        if path.stat().st_size == 0:
+            raise BdpruneError("the file is empty", path=path, hint="pass a non-empty checkpoint")
+        if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+            raw: object = _load_safetensors(path)
+        else:
+            raw = _load_torch(path, trust_pickle=trust_pickle)
+    except OSError as exc:  # a name too long, an I/O error, a file that vanished: still the user's path
+        raise BdpruneError(f"cannot be read ({exc.strerror or exc})", path=path, hint="check the path") from None
     tensors, wrapper_key = _unwrap(raw, path)
     notes = []
     if wrapper_key is not None:
@@ -89,7 +95,9 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own and OS errors for corrupt files
         raise BdpruneError(
             f"not a valid safetensors file ({_first_line(exc)})", path=path, hint="the file is corrupt or truncated; re-export it"
@@ -98,12 +106,16 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 
 def _load_torch(path: Path, *, trust_pickle: bool) -> object:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the user cannot act on it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:
         message = _first_line(exc)
-        if not trust_pickle and ("weights_only" in message.lower() or "unsupported global" in message.lower()):
+        if not trust_pickle and _refused_by_safe_unpickler(exc):
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" (it names {found.group(1)})" if found else ""
             raise BdpruneError(
-                "holds Python objects beyond tensors (a pickled model or custom classes); bdprune refused to unpickle them",
+                f"holds Python objects beyond tensors (a pickled model or custom classes){what}; bdprune refused to unpickle them",
                 path=path,
                 hint=f"save model.state_dict() instead, or pass {TRUST_FLAG} if you trust this file: unpickling can run code",
             ) from None
@@ -115,9 +127,21 @@ def _load_torch(path: Path, *, trust_pickle: bool) -> object:
     return obj
 
 
+def _refused_by_safe_unpickler(exc: BaseException) -> bool:
+    """Whether torch's weights-only unpickler refused something (a class, a function, an opcode
+    it does not know) rather than the file being damaged."""
+    text = str(exc).lower()
+    return isinstance(exc, pickle.UnpicklingError) and (
+        "weights only load failed" in text or "weights_only" in text or "unsupported global" in text
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    line = text[0].strip() if text else ""
+    if not any(c.isalpha() for c in line):  # KeyError(101), OSError() ...: the type says more
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line[:200]
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -157,7 +181,31 @@ def _tensors_only(obj: Mapping, path: Path) -> dict[str, Tensor]:
     out = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not out:
         raise BdpruneError("holds no tensors", path=path, hint="pass a checkpoint saved with torch.save(model.state_dict(), ...)")
+    for name, tensor in out.items():
+        _check_plain_tensor(name, tensor, path)
     return out
+
+
+def _check_plain_tensor(name: str, tensor: Tensor, path: Path) -> None:
+    """Refuse tensors a state_dict cannot be loaded from: nested, sparse, quantized, meta (no
+    data) or complex ones. Any real dtype is fine; loading casts it to the model's."""
+    if tensor.is_nested:
+        problem = "is a nested tensor"
+    elif tensor.layout != torch.strided:
+        problem = f"has layout {str(tensor.layout).replace('torch.', '')}"
+    elif tensor.is_quantized:
+        problem = "is quantized"
+    elif tensor.is_meta:
+        problem = "is a meta tensor (it holds no data)"
+    elif tensor.is_complex():
+        problem = f"is complex ({str(tensor.dtype).replace('torch.', '')})"
+    else:
+        return
+    raise BdpruneError(
+        f"tensor {name!r} {problem}; bdprune reads dense real-valued tensors",
+        path=path,
+        hint="save a plain state_dict (dequantize() / to_dense() the tensors first)",
+    )
 
 
 def _common_prefix(tensors: Mapping[str, Tensor]) -> str:
@@ -202,7 +250,13 @@ def fit_to_model(model: nn.Module, checkpoint: Checkpoint, *, arch: str) -> None
         raise BdpruneError(f"does not fit --arch {arch}: {'; '.join(parts)}", path=checkpoint.path, hint=hint)
     merged = dict(expected)
     merged.update({k: v for k, v in state.items()})
-    model.load_state_dict(merged, strict=True)
+    try:
+        model.load_state_dict(merged, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        detail = re.sub(r"^Error\(s\) in loading state_dict for \w+:\s*", "", str(exc).strip())
+        raise BdpruneError(
+            f"cannot be loaded into --arch {arch} ({detail[:200]})", path=checkpoint.path, hint="re-export a plain float state_dict"
+        ) from None
 
 
 def _is_classifier_key(text: str) -> bool:

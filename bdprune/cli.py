@@ -31,7 +31,7 @@ app = typer.Typer(
 _debug = False
 
 # Options shared by several commands.
-ArchOpt = Annotated[str, typer.Option("--arch", "-a", help="Architecture: a built-in name (`bdprune archs`), torchvision:NAME, timm:NAME, file.py:factory or module:factory.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture: a built-in name (`bdprune archs`), torchvision:NAME, timm:NAME, file.py:factory or module:factory.")]
 ArchArgOpt = Annotated[Optional[List[str]], typer.Option("--arch-arg", help="key=value passed to the architecture factory (repeatable).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier size; inferred from the checkpoint when omitted.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", help="Images: .npz (images/labels or x/y), an ImageFolder directory or CIFAR-10 python batches.")]
@@ -53,17 +53,28 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     global _debug
     _debug = debug
+    if ctx.resilient_parsing:
+        return
+    from .config import load_config
+    from .errors import BdpruneError
+
+    try:
+        ctx.default_map = load_config().default_map()
+    except BdpruneError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
+    from .errors import one_line
     from .progress import stderr_console
 
-    stderr_console().print(f"error: {message}", style="bold red", markup=False, highlight=False)
+    stderr_console().print(f"error: {one_line(message)}", style="bold red", markup=False, highlight=False, emoji=False)
     return typer.Exit(code)
 
 
@@ -81,6 +92,11 @@ def _guarded(run):
         raise _fail("interrupted; no output was written", 130) from None
     except (typer.Exit, click_exceptions.ClickException):
         raise
+    except OSError as exc:  # the file system refused (a name too long, EIO, ENOSPC): the user's to fix
+        if _debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise _fail(f"{where}{exc.strerror or exc} (check the path, permissions and free space)") from None
     except Exception as exc:  # a bug in bdprune, not bad input: still one line, no traceback
         if _debug:
             raise
@@ -100,15 +116,16 @@ def _arch_args(items: list[str] | None) -> dict[str, str]:
 
 
 def _note(text: str) -> None:
+    from .errors import one_line
     from .progress import stderr_console
 
-    stderr_console().print(f"note: {text}", style="dim", markup=False, highlight=False)
+    stderr_console().print(f"note: {one_line(text)}", style="dim", markup=False, highlight=False, emoji=False)
 
 
 @app.command()
 def scan(
-    checkpoints: Annotated[List[Path], typer.Argument(help="Checkpoint files (.pt/.pth/.bin/.safetensors).", show_default=False)],
-    arch: ArchOpt,
+    checkpoints: Annotated[List[Path], typer.Argument(help="Checkpoint files (.pt/.pth/.bin/.safetensors) or directories of them.", show_default=False)],
+    arch: ArchOpt = None,
     method: MethodOpt = None,
     data: DataOpt = None,
     u: UOpt = 3.0,
@@ -116,15 +133,20 @@ def scan(
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
     top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 20,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif or markdown.")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).")] = None,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a checkpoint is suspicious (report-only runs).")] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
     num_classes: NumClassesOpt = None,
     arch_arg: ArchArgOpt = None,
     trust_pickle: TrustOpt = False,
 ) -> None:
-    """Score every BatchNorm channel and report the suspicious ones. Exit 0 clean, 1 findings, 2 error."""
+    """Score every BatchNorm channel, report the most suspicious, and give each checkpoint a verdict.
+
+    Exit 0 = every verdict clean, 1 = a checkpoint is suspicious, 2 = usage or input error.
+    """
 
     def run() -> int:
         from .core import scan_checkpoints
@@ -132,15 +154,20 @@ def scan(
         from .verdict import exit_code
 
         reporter = REPORTERS.get(output_format)()
+        if output is not None:  # fail before scanning; never write over a checkpoint or the data
+            from .atomic import check_output_path
+
+            check_output_path(output, inputs=tuple(checkpoints) + ((data,) if data is not None else ()), force=True)
         results = scan_checkpoints(
             checkpoints, arch, method=method, data=data, u=u, samples=samples, seed=seed, normalize=normalize, device=device,
             batch_size=batch_size, num_classes=num_classes, arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+            fail_threshold=fail_threshold,
         )
         for result in results:
             for note in result.notes:
-                _note(note)
+                _note(f"{result.checkpoint}: {note}" if len(results) > 1 else note)
         _emit(reporter, results, output, top=top)
-        return exit_code(results)
+        return 0 if exit_zero else exit_code([r.verdict for r in results])
 
     raise typer.Exit(_guarded(run))
 
@@ -237,6 +264,24 @@ def evaluate(
 
 
 @app.command()
+def demo(
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Keep the pruned model here (default: a temporary directory, removed).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing pruned file in --output-dir.")] = False,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 10,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run scan -> prune -> eval on the built-in backdoored MNIST model and show what each step does."""
+
+    def run() -> int:
+        from .demo import run_demo
+
+        run_demo(output_dir, force=force, top=top, device=device)
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command()
 def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*'.")] = "*") -> None:
     """List the built-in architectures."""
 
@@ -248,6 +293,23 @@ def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 
             shape = "x".join(map(str, spec.input_shape))
             typer.echo(f"{name:<16} {shape:<9} {spec.summary}")
         typer.echo("external: torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory")
+        return 0
+
+    raise typer.Exit(_guarded(run))
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings and where each came from ([tool.bdprune] in pyproject.toml)."""
+
+    def run() -> int:
+        from .config import load_config
+
+        cfg = load_config()
+        typer.echo(f"config file: {cfg.path or 'none found (searched from the working directory upward)'}")
+        for key, value, source in cfg.effective():
+            typer.echo(f"{key:<15} {str(value):<24} {source}")
+        typer.echo("command-line flags override these.")
         return 0
 
     raise typer.Exit(_guarded(run))
@@ -275,9 +337,11 @@ def main() -> None:
         code = app(standalone_mode=False)
     except click_exceptions.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
+        from .errors import one_line
+
+        sys.stderr.write(f"error: {one_line(exc.format_message())}{hint}\n")
         code = 2
-    except click_exceptions.Abort:
+    except typer.Abort:  # the vendored click in recent Typer has no exceptions.Abort
         sys.stderr.write("error: aborted\n")
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

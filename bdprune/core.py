@@ -21,9 +21,17 @@ from .prune import (
     pruning_metadata,
     write_safetensors,
 )
-from .scan import load_model, load_samples, resolve_device, score_model
+from .scan import check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_u
+
+
+def _check_options(*, u: float, samples: int, seed: int, batch_size: int, device: str) -> None:
+    """Refuse bad option values up front, before any file is read (each would fail later anyway)."""
+    check_u(u)
+    check_samples(samples, seed)
+    check_batch_size(batch_size)
+    resolve_device(device)
 
 
 def scan_checkpoints(
@@ -47,6 +55,7 @@ def scan_checkpoints(
     """Scan each checkpoint with the same method, data and threshold, each with its verdict."""
     from .verdict import assess
 
+    _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     images = load_samples(data, samples, seed) if data is not None else None
     results = []
     for path in expand_checkpoints(checkpoints):
@@ -124,7 +133,9 @@ def prune_checkpoint(
         raise BdpruneError("--channels prunes a fixed list; it cannot be combined with --max-acc-drop")
     from .atomic import check_output_path
 
-    check_output_path(out, inputs=(checkpoint,), force=force)  # fail before any expensive work
+    _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
+    inputs = tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None)
+    check_output_path(out, inputs=inputs, force=force)  # fail before any expensive work
     loaded = load_model(checkpoint, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
     notes: list[str] = []
     curve: list[CurvePoint] = []
@@ -134,7 +145,10 @@ def prune_checkpoint(
 
         channels, entry = channels_from_report(Path(channels_report), checkpoint)
         method_name = str(entry.get("method") or method or "")
-        params = tuple(entry.get("pruned_params") or METHODS.get(method_name).pruned_params)
+        try:
+            params = tuple(entry.get("pruned_params") or METHODS.get(method_name).pruned_params)
+        except BdpruneError as exc:  # the report names no (known) method and --method is not given
+            raise exc.with_path(channels_report) from None
         used_u, used_samples, total = entry.get("u"), int(entry.get("samples") or 0), int(entry.get("channels_total") or 0)
         notes.append(f"pruning the {sum(map(len, channels.values()))} channels listed in {channels_report}")
     else:
@@ -185,6 +199,7 @@ def evaluate_checkpoints(
         raise BdpruneError("pass --trigger or --poisoned, not both")
     if (trigger is not None or poisoned is not None) and target is None:
         raise BdpruneError("ASR needs --target, the attack's target label")
+    check_batch_size(batch_size)
     trig = parse_trigger(trigger) if trigger is not None else None
     dev, norm = resolve_device(device), parse_normalize(normalize)
     clean = load_images(data)

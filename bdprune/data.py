@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,65 +27,90 @@ NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "mnist": ((0.1307,), (0.3081,)),
 }
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
+NPY_MAGIC = b"\x93NUMPY"
+NPZ_HINT = "pass an .npz with arrays 'images' and 'labels' (or 'x' and 'y'), e.g. np.savez(FILE, images=..., labels=...)"
 
 
 @dataclass
 class ImageSet:
-    """Images (N x C x H x W float32 in [0, 1]) with optional labels, and where they came from."""
+    """Images (N x C x H x W float32 in [0, 1]) with optional labels, and where they came from.
+
+    ``notes`` are things the user should hear about the data (e.g. fewer samples than asked for).
+    """
 
     images: Tensor
     labels: Tensor | None
     source: Path
     extra: dict[str, Tensor] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def subset(self, n: int | None, seed: int) -> "ImageSet":
-        """``n`` samples drawn without replacement by a generator seeded with ``seed`` (all if None)."""
+        """``n`` samples drawn without replacement by a generator seeded with ``seed`` (all if None).
+
+        Asking for more samples than there are uses all of them and adds a note saying so.
+        """
+        if n is not None and n > len(self):
+            note = f"{self.source} holds {len(self)} samples, fewer than --samples {n}: using all {len(self)}"
+            return replace(self, notes=[*self.notes, note])
         if n is None or n >= len(self):
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         extra = None if self.extra is None else {k: v[idx] for k, v in self.extra.items()}
-        return ImageSet(self.images[idx], pick(self.labels), self.source, extra)
+        return ImageSet(self.images[idx], pick(self.labels), self.source, extra, list(self.notes))
 
 
 def load_images(path: str | Path) -> ImageSet:
     """Read ``path``: an ``.npz`` file, an ImageFolder directory or a CIFAR-10 batch file/directory."""
     path = Path(path)
-    if not path.exists():
-        raise BdpruneError("no such data file or directory", path=path, hint="check --data")
-    if path.is_dir():
-        if any(path.glob("data_batch_*")) or (path / "test_batch").exists():
-            data = _load_cifar_dir(path)
+    try:
+        if not path.exists():
+            raise BdpruneError("no such data file or directory", path=path, hint="check --data")
+        if path.is_dir():
+            if any(path.glob("data_batch_*")) or (path / "test_batch").exists():
+                data = _load_cifar_dir(path)
+            else:
+                data = _load_image_folder(path)
+        elif path.name.startswith(("data_batch", "test_batch")):
+            data = _cifar_batches([path], path)
         else:
-            data = _load_image_folder(path)
-    elif path.name.startswith(("data_batch", "test_batch")):
-        data = _cifar_batches([path], path)
-    else:
-        data = _load_npz(path)
+            data = _load_npz(path)
+    except OSError as exc:  # a name too long, an unreadable folder, an I/O error
+        raise BdpruneError(f"cannot be read ({exc.strerror or exc})", path=path, hint="check --data") from None
     _check_images(data)
     return data
 
 
 def _load_npz(path: Path) -> ImageSet:
     try:
+        with path.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+        # Only a zip archive goes to np.load: anything else would reach its .npy or pickle readers.
+        if head.startswith(NPY_MAGIC):
+            raise BdpruneError("is a single .npy array, not an .npz archive", path=path, hint=NPZ_HINT)
+        if not head.startswith(ZIP_MAGIC):
+            raise BdpruneError("is empty" if not head else "is not an .npz file (no zip signature)", path=path, hint=NPZ_HINT)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+    except BdpruneError:
+        raise
     except PermissionError:
         raise BdpruneError("permission denied", path=path, hint="make the file readable") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise BdpruneError(
-            f"cannot be read as .npz data ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})",
-            path=path,
-            hint="pass an .npz with arrays 'images' and 'labels' (or 'x' and 'y')",
-        ) from None
+    except Exception as exc:  # zipfile, numpy's header parser, zlib, MemoryError: all mean a damaged file
+        text = str(exc).strip().splitlines()
+        detail = text[0][:120] if text and text[0].strip() else type(exc).__name__
+        raise BdpruneError(f"cannot be read as .npz data ({detail})", path=path, hint=NPZ_HINT) from None
     image_key = next((k for k in IMAGE_KEYS if k in arrays), None)
     if image_key is None:
+        keys = sorted(arrays)
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
         raise BdpruneError(
-            f"has no image array (found keys: {', '.join(sorted(arrays)) or 'none'})",
+            f"has no image array (found keys: {shown or 'none'})",
             path=path,
             hint="name the arrays 'images' and 'labels' (or 'x' and 'y')",
         )
@@ -105,6 +129,8 @@ def _labels(array: np.ndarray, n: int, path: Path) -> Tensor:
     if not np.issubdtype(array.dtype, np.integer):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise BdpruneError("labels are not integers", path=path, hint="store class indices as integers")
+    if n and np.abs(array.astype(np.float64)).max() >= 2**62:
+        raise BdpruneError("has labels too large to be class indices", path=path, hint="labels are class indices 0..K-1")
     labels = torch.from_numpy(np.asarray(array).astype(np.int64))
     if n and labels.min() < 0:
         raise BdpruneError("has negative labels", path=path, hint="labels are class indices 0..K-1")
@@ -112,7 +138,8 @@ def _labels(array: np.ndarray, n: int, path: Path) -> Tensor:
 
 
 def _to_nchw_float(array: np.ndarray, path: Path) -> Tensor:
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    real = (np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)) or array.dtype == bool
+    if array.dtype == object or not real:
         raise BdpruneError(f"images have dtype {array.dtype}", path=path, hint="store images as uint8 0-255 or float 0-1")
     if array.ndim == 3:
         array = array[:, None]
@@ -133,7 +160,7 @@ def _to_nchw_float(array: np.ndarray, path: Path) -> Tensor:
 
 
 def _load_image_folder(path: Path) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []
@@ -150,7 +177,7 @@ def _load_image_folder(path: Path) -> ImageSet:
         try:
             with Image.open(file) as img:
                 arrays.append(np.asarray(img.convert("RGB" if img.mode not in ("L", "1", "I;16") else "L")))
-        except (UnidentifiedImageError, OSError) as exc:
+        except Exception as exc:  # PIL raises many types (and DecompressionBombError) for bad files
             raise BdpruneError(f"cannot read image ({exc.__class__.__name__})", path=file, hint="remove or fix the file") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:

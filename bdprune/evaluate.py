@@ -83,7 +83,10 @@ def evaluate_model(
     if clean.labels is None:
         raise BdpruneError("clean data has no labels", path=clean.source, hint="ACC needs an 'labels' array or class folders")
     kwargs = dict(device=device, batch_size=batch_size, normalize=normalize)
-    acc = accuracy(predict(model, clean.images, **kwargs), clean.labels)
+    try:
+        acc = accuracy(predict(model, clean.images, **kwargs), clean.labels)
+    except BdpruneError as exc:  # images that do not fit the model: name the data file
+        raise exc.with_path(clean.source) from None
     result = EvalResult(checkpoint=checkpoint, acc=acc, n_clean=len(clean), target=target)
     if trigger is None and poisoned is None:
         return result
@@ -96,5 +99,8 @@ def evaluate_model(
         triggered = poisoned.images
         true_labels = None if poisoned.extra is None else poisoned.extra.get("true_labels")
         result.trigger = f"poisoned set {poisoned.source}"
-    result.asr, result.n_triggered = attack_success_rate(predict(model, triggered, **kwargs), target, true_labels)
+    try:
+        result.asr, result.n_triggered = attack_success_rate(predict(model, triggered, **kwargs), target, true_labels)
+    except BdpruneError as exc:
+        raise exc.with_path(clean.source if trigger is not None else poisoned.source) from None
     return result

@@ -138,16 +138,50 @@ def channels_from_report(report_path: Path, checkpoint: Path) -> tuple[dict[str,
     """Flagged channels (and the scan's method, u, samples) from a ``scan --format json`` report."""
     try:
         doc = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON; RecursionError: absurd nesting
         raise BdpruneError(f"cannot read the scan report ({type(exc).__name__})", path=report_path, hint="pass the file written by `bdprune scan --format json`") from None
     entries = doc.get("results", [doc]) if isinstance(doc, dict) else []
+    if not isinstance(entries, list):
+        entries = []
     if len(entries) > 1:
         entries = [e for e in entries if isinstance(e, dict) and _same_file(e.get("checkpoint"), checkpoint)]
     if len(entries) != 1 or not isinstance(entries[0], dict) or not isinstance(entries[0].get("flagged"), dict):
         raise BdpruneError("is not a scan report for this checkpoint", path=report_path, hint="pass the file written by `bdprune scan --format json`")
-    entry = entries[0]
+    entry = _checked_entry(entries[0], report_path)
     flagged = {str(k): list(v) for k, v in entry["flagged"].items() if isinstance(v, list)}
     return flagged, entry
+
+
+# What a report may ask to zero: the BN affine parameters, nothing else (never running statistics).
+PRUNABLE_PARAMS = ("weight", "bias")
+
+
+def _checked_entry(entry: dict, report_path: Path) -> dict:
+    """The report entry with the fields ``prune --channels`` reads checked for type and range;
+    a hand-edited or hostile report gets one clear error naming it."""
+
+    def bad(field: str, want: str) -> BdpruneError:
+        return BdpruneError(
+            f"field {field!r} of the scan report is {entry.get(field)!r}, not {want}",
+            path=report_path,
+            hint="pass the file written by `bdprune scan --format json`",
+        )
+
+    method, params = entry.get("method"), entry.get("pruned_params")
+    if method is not None and not isinstance(method, str):
+        raise bad("method", "a method name")
+    if params is not None and (
+        not isinstance(params, list) or not params or not all(isinstance(p, str) and p in PRUNABLE_PARAMS for p in params)
+    ):
+        raise bad("pruned_params", f"a list drawn from {', '.join(PRUNABLE_PARAMS)}")
+    u = entry.get("u")
+    if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float))):
+        raise bad("u", "a number")
+    for field in ("samples", "channels_total"):
+        value = entry.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise bad(field, "a count")
+    return entry
 
 
 def _same_file(a: object, b: Path) -> bool:

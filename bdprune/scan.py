@@ -85,10 +85,24 @@ def load_model(
 
 
 def load_samples(path: str | Path, samples: int | None, seed: int) -> ImageSet:
-    """Read a data set and draw ``samples`` of it deterministically (all when it holds fewer)."""
+    """Read a data set and draw ``samples`` of it deterministically; when it holds fewer, all
+    of them are used and the returned set's ``notes`` say so."""
+    check_samples(samples, seed)
+    return load_images(path).subset(samples, seed)
+
+
+def check_samples(samples: int | None, seed: int = 0) -> None:
+    """Refuse a sample count below 1 and a seed torch's generator cannot take."""
     if samples is not None and samples < 1:
         raise BdpruneError(f"--samples must be at least 1, got {samples}")
-    return load_images(path).subset(samples, seed)
+    if not -(2**63) <= seed < 2**64:
+        raise BdpruneError(f"--seed {seed} is out of range", hint="use an integer between 0 and 2**64-1")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size below 1."""
+    if batch_size < 1:
+        raise BdpruneError(f"--batch-size must be at least 1, got {batch_size}")
 
 
 def choose_method(method: str | None, has_data: bool) -> tuple[type[Method], str]:
@@ -107,6 +121,22 @@ def check_u(u: float) -> float:
     return u
 
 
+def _check_finite_weights(loaded: LoadedModel) -> None:
+    """Refuse NaN/inf in any parameter or BN running statistic, naming the first one: every
+    method's scores (and every activation downstream of it) would be meaningless. Other buffers
+    are left alone (an attention mask may hold -inf on purpose)."""
+    tensors = list(loaded.model.named_parameters())
+    for name, bn in bn_layers(loaded.model):
+        tensors += [(f"{name}.{what}", getattr(bn, what)) for what in ("running_mean", "running_var") if getattr(bn, what, None) is not None]
+    for name, tensor in tensors:
+        if not torch.isfinite(tensor.detach()).all():
+            raise BdpruneError(
+                f"{name} holds NaN or infinite values",
+                path=loaded.checkpoint.path,
+                hint="the checkpoint is damaged; re-export it from a healthy training run",
+            )
+
+
 def score_model(
     loaded: LoadedModel,
     method: str | None = None,
@@ -120,8 +150,7 @@ def score_model(
 ) -> ScanResult:
     """Score every BN channel of ``loaded`` with ``method`` and flag per layer at ``u``."""
     check_u(u)
-    if batch_size < 1:
-        raise BdpruneError(f"--batch-size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     method_cls, reason = choose_method(method, data is not None)
     dev = resolve_device(device)
     norm = parse_normalize(normalize)
@@ -132,6 +161,7 @@ def score_model(
             path=loaded.checkpoint.path,
             hint="bdprune audits BatchNorm networks; check --arch",
         )
+    _check_finite_weights(loaded)
     notes = list(loaded.checkpoint.notes)
     stats = None
     used = 0
@@ -144,23 +174,30 @@ def score_model(
         check_fits(data, loaded.in_channels)
         if norm is not None and len(norm[0]) not in (1, data.images.shape[1]):
             raise BdpruneError(f"--normalize has {len(norm[0])} means for {data.images.shape[1]}-channel images")
-        stats = collect_stats(
-            model,
-            data.images,
-            device=dev,
-            batch_size=batch_size,
-            moments=method_cls.needs_moments,
-            maxima=method_cls.needs_maxima,
-            normalize=norm,
-            show_progress=show_progress,
-        )
+        try:
+            stats = collect_stats(
+                model,
+                data.images,
+                device=dev,
+                batch_size=batch_size,
+                moments=method_cls.needs_moments,
+                maxima=method_cls.needs_maxima,
+                normalize=norm,
+                show_progress=show_progress,
+            )
+        except BdpruneError as exc:  # images that do not fit, activations that overflow: name the data
+            raise exc.with_path(data.source) from None
         used = len(data)
+        notes += data.notes
     elif data is not None:
         notes.append(f"{method_cls.name} is data-free; --data was not used")
     model.to(dev)
     ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes)
-    with torch.inference_mode():
-        raw = method_cls().score(ctx)
+    try:
+        with torch.inference_mode():
+            raw = method_cls().score(ctx)
+    except BdpruneError as exc:  # e.g. a BN without running statistics: name the checkpoint
+        raise exc.with_path(loaded.checkpoint.path) from None
     for layer, scores in raw.items():
         if not torch.isfinite(scores).all():
             raise BdpruneError(

@@ -45,7 +45,10 @@ def choose_u(
     if not max_acc_drop >= 0:
         raise BdpruneError(f"--max-acc-drop must be >= 0, got {max_acc_drop}")
     kwargs = dict(device=device, batch_size=batch_size, normalize=normalize)
-    base = accuracy(predict(model, val.images, **kwargs), val.labels)
+    try:
+        base = accuracy(predict(model, val.images, **kwargs), val.labels)
+    except BdpruneError as exc:  # images that do not fit the model: name the --val file
+        raise exc.with_path(val.source) from None
     curve = []
     for u in sorted(grid, reverse=True):
         flagged = result.rethreshold(u).flagged_channels()

@@ -17,7 +17,7 @@ from bdprune.archs.preact_resnet import preactresnet18
 from bdprune.archs.smallcnn import smallcnn
 from bdprune.errors import BdpruneError
 
-BUILTINS = ["mnist_resnet", "preactresnet18", "resnet18", "resnet34", "resnet50", "smallcnn", "vgg16_bn"]
+BUILTINS = ["mnist_resnet", "preactresnet18", "resnet18", "resnet34", "resnet50", "smallcnn", "vgg11_bn1d", "vgg16_bn"]
 
 
 @pytest.fixture(autouse=True)
