@@ -1,0 +1,62 @@
+"""bdprune benchmarks, one entry point (not part of the test suite).
+
+    python benchmarks/run.py zoo               # train the zoo (cached), scan/prune/eval, write RESULTS.md
+    python benchmarks/run.py zoo --train-only  # only train what is missing
+    python benchmarks/run.py speed             # speed and memory against a bare forward pass
+    python benchmarks/run.py speed --quick     # smoke run
+    python benchmarks/run.py speed --device cuda
+    python benchmarks/run.py all               # both
+
+Each subcommand rewrites its own section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    z = sub.add_parser("zoo", help="efficacy on real backdoored models")
+    z.add_argument("--train-only", action="store_true", help="train missing models, measure nothing")
+    z.add_argument("--part", choices=("tune", "holdout"), help="only this part (prints, does not write RESULTS.md)")
+    z.add_argument("--arch", action="append", help="only this architecture (repeatable; prints only)")
+    z.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    z.add_argument("--reuse-measurements", action="store_true",
+                   help="reuse cached per-model measurements (cache/measure/) instead of re-measuring")
+    s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
+    a = sub.add_parser("all", help="zoo then speed")
+    for p in (s, a):
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+        p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repeat")
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        p.add_argument("--sizes", default=None, help="comma-separated sample counts (default 500,5000)")
+        p.add_argument("--archs", default=None, help="comma-separated (default resnet18,resnet50)")
+        p.add_argument("--repeats", type=int, default=3, help="timed repeats, median reported (default 3)")
+        p.add_argument("--memory-sizes", default=None, help="sample counts for the memory runs (default: --sizes)")
+        p.add_argument("--memory-passes", default=None, help="passes for the memory runs (default bare,bnp,ep)")
+        p.add_argument("--memory-archs", default=None, help="architectures for the memory runs (default: --archs)")
+    a.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
+    a.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    a.add_argument("--arch", default=None, help=argparse.SUPPRESS)
+    a.add_argument("--reuse-measurements", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cmd in ("zoo", "all"):
+        import zoo
+
+        if args.cmd == "all":
+            args.threads = args.threads or 1
+        zoo.run(args)
+    if args.cmd in ("speed", "all"):
+        import speed
+
+        speed.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The built-in demo: shipped files, the efficacy bar of issue 3 and the `bdprune demo` command."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from safetensors import safe_open
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from bdprune import demo
+from bdprune.archs import build_model
+from bdprune.cli import app
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=140, color_system=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the model is tiny, and on a shared 2-core machine more threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def result(one_thread):
+    return demo.run_demo(console=quiet(), device="cpu", show_progress=False)
+
+
+def test_shipped_model_loads_strict_and_records_how_it_was_made():
+    state = load_file(str(demo.MODEL))
+    model, _ = build_model("mnist_resnet", None, num_classes=10)
+    model.load_state_dict(state, strict=True)
+    assert demo.MODEL.stat().st_size < 5 * 1024 * 1024
+    with safe_open(str(demo.MODEL), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == "mnist_resnet"
+    assert meta["trigger"].startswith("patch:size=3,pos=br")
+    assert int(meta["target"]) == demo.demo_target() == 0
+    assert float(meta["poison_rate"]) == pytest.approx(0.10)
+    assert "train_demo" in meta["made_by"]
+    assert json.loads(meta["training"])["seed"] == 0
+
+
+def test_shipped_data_files_are_small_uint8_and_disjoint():
+    clean, test, trig = (np.load(p) for p in (demo.CLEAN, demo.TEST, demo.TEST_TRIGGERED))
+    for arr in (clean["images"], test["images"], trig["images"]):
+        assert arr.dtype == np.uint8 and arr.shape[1:] == (28, 28)
+    assert 100 <= len(clean["images"]) <= 1000 and 100 <= len(test["images"]) <= 1000
+    assert np.array_equal(trig["true_labels"], test["labels"])
+    # the triggered copies are the test digits with a white 3x3 patch at rows/cols 24..26
+    assert (trig["images"][:, 24:27, 24:27] == 255).all()
+    outside = np.ones((28, 28), dtype=bool)
+    outside[24:27, 24:27] = False
+    assert np.array_equal(trig["images"][:, outside], test["images"][:, outside])
+    # no clean sample is also a test sample
+    flat = lambda a: {x.tobytes() for x in a}  # noqa: E731
+    assert not flat(clean["images"]) & flat(test["images"])
+    for p in (demo.MODEL, demo.CLEAN, demo.TEST, demo.TEST_TRIGGERED):
+        assert p.stat().st_size < 1024 * 1024
+
+
+def test_default_prune_meets_the_issue_bar(result):
+    # Issue 3: BNP at u=3 with the clean samples cuts ASR by >= 50 points, ACC drops <= 3 points.
+    assert result.scan.method == "bnp" and result.prune.method == "bnp" and result.prune.u == 3.0
+    assert result.before.asr >= 90.0 and result.before.acc >= 95.0  # the backdoor is really there
+    assert result.asr_drop >= 50.0, (result.before.asr, result.after.asr)
+    assert result.acc_drop <= 3.0, (result.before.acc, result.after.acc)
+    assert result.channels_pruned == result.scan.flagged_total > 0
+    assert result.output is None
+
+
+def test_cli_demo_exits_0_and_prints_every_step(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    for text in ("Step 1/3", "Top 10 channels", "Pruned channels", "Evaluation", "delta", "ASR"):
+        assert text in out
+    pruned = tmp_path / demo.PRUNED_NAME
+    assert pruned.is_file()
+    # a second run refuses to overwrite it without --force, before doing any work
+    again = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert again.exit_code == 2 and "Step 1/3" not in again.output
