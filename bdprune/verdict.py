@@ -33,8 +33,15 @@ class Verdict:
         return "suspicious" if self.suspicious else "clean"
 
 
-# Calibrated thresholds per method (see benchmarks/RESULTS.md, "Checkpoint-level verdict").
-DEFAULT_THRESHOLDS = {"bnp": 12.0, "ep": 12.0, "clp": 12.0}
+# Calibrated on the benchmark zoo (benchmarks/RESULTS.md, "Checkpoint-level verdict"): each
+# threshold sits just above the largest value any clean model showed, so clean models pass.
+# bnp: the largest raw KL of any channel. In a clean model the clean data's statistics match the
+#      running ones everywhere; a backdoor leaves channels whose running statistics were pulled
+#      by triggered samples. This absolute divergence separated best (AUROC 0.96 on the zoo);
+#      per-layer or robust z-scores did not (0.81-0.90), since every layer has a relative tail.
+# ep, clp: no statistic separated clean from backdoored models on the zoo (AUROC <= 0.69), so
+#      their bars only catch extreme outliers; prefer bnp for gating.
+RULES = {"bnp": ("max-kl", 0.075), "ep": ("max-robust-z", 200.0), "clp": ("max-robust-z", 10.0)}
 
 
 def robust_z(scores: Sequence[float], low_is_suspicious: bool) -> list[float]:
@@ -58,25 +65,33 @@ def _median(values: Sequence[float]) -> float:
     return 0.0 if n == 0 else (values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2]))
 
 
-def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5) -> Verdict:
-    """The checkpoint's statistic: the largest robust z of any channel in any layer."""
-    threshold = DEFAULT_THRESHOLDS.get(result.method, 12.0) if fail_threshold is None else fail_threshold
+def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, str, int, float]]:
+    """(value, layer, channel, raw score) of every channel under ``statistic``, largest first."""
     channels = []
     for layer in result.layers:
-        for c, z in enumerate(robust_z(layer.scores, result.low_is_suspicious)):
-            channels.append((z, layer.name, c, layer.scores[c]))
+        if statistic == "max-kl":
+            values = list(layer.scores)
+        else:
+            values = robust_z(layer.scores, result.low_is_suspicious)
+        channels += [(v, layer.name, c, layer.scores[c]) for c, v in enumerate(values)]
     channels.sort(key=lambda t: -t[0])
-    statistic = channels[0][0] if channels else 0.0
+    return channels
+
+
+def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5) -> Verdict:
+    """The checkpoint's statistic under its method's rule (RULES), and the verdict."""
+    statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
+    threshold = default if fail_threshold is None else fail_threshold
+    channels = channel_statistics(result, statistic)
+    value = channels[0][0] if channels else 0.0
     drivers = [
-        {"layer": name, "channel": c, "score": score, "robust_z": z}
-        for z, name, c, score in channels[:top]
-        if z > threshold
+        {"layer": name, "channel": c, "score": score, "value": v} for v, name, c, score in channels[:top] if v > threshold
     ]
     return Verdict(
-        suspicious=math.isfinite(statistic) and statistic > threshold,
-        statistic=statistic,
+        suspicious=math.isfinite(value) and value > threshold,
+        statistic=value,
         threshold=threshold,
-        rule=f"{result.method}-max-robust-z",
+        rule=f"{result.method}-{statistic}",
         drivers=drivers,
     )
 

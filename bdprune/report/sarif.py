@@ -91,7 +91,7 @@ def sarif_document(results: Sequence[ScanResult]) -> dict:
                 _result(
                     1,
                     "warning",
-                    f"{d['layer']} channel {d['channel']}: {result.method} score {d['score']:.4g}, robust z {d['robust_z']:.1f}",
+                    f"{d['layer']} channel {d['channel']}: {result.method} score {d['score']:.4g} ({verdict.rule} {d['value']:.4g})",
                     uri,
                     _fingerprint("BDP002", result.method, d["layer"], d["channel"]),
                     dict(d),
