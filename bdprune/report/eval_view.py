@@ -27,7 +27,7 @@ def print_eval(results, output_format: str = "table", console: Console | None = 
     if output_format != "table":
         raise BdpruneError(f"unknown --format {output_format!r} for eval", hint="use table or json")
     table = Table(title="Evaluation" + (f" (target {results[0].target}, {results[0].trigger})" if results[0].trigger else ""))
-    table.add_column("checkpoint")
+    table.add_column("checkpoint", overflow="fold")
     table.add_column("ACC %", justify="right")
     table.add_column("ASR %", justify="right")
     table.add_column("clean / triggered images", justify="right")
