@@ -311,7 +311,7 @@ def help_wall_time(runs: int = 5) -> dict:
 # ---------------------------------------------------------------- driver
 
 def run(args) -> None:
-    from _report import provenance, write_section
+    from _report import write_section
 
     if args.threads:
         torch.set_num_threads(args.threads)
