@@ -5,6 +5,7 @@ torch is imported only inside the commands, so ``bdprune --help`` answers fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -65,7 +66,8 @@ def _root(
     from .errors import BdpruneError
 
     try:
-        ctx.default_map = load_config().default_map()
+        ctx.obj = load_config()  # read once; `bdprune config` shows the same object
+        ctx.default_map = ctx.obj.default_map()
     except BdpruneError as exc:
         raise _fail(str(exc)) from None
 
@@ -92,6 +94,9 @@ def _guarded(run):
         raise _fail("interrupted; no output was written", 130) from None
     except (typer.Exit, click_exceptions.ClickException):
         raise
+    except BrokenPipeError:  # the reader went away (`bdprune scan ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it; never a false 0
     except OSError as exc:  # the file system refused (a name too long, EIO, ENOSPC): the user's to fix
         if _debug:
             raise
@@ -175,8 +180,10 @@ def scan(
 def _emit(reporter, results, output: Path | None, *, top: int) -> None:
     from rich.console import Console
 
+    from .progress import stdout_console
+
     if output is None:
-        reporter.write(results, Console(soft_wrap=False), top=top)
+        reporter.write(results, stdout_console(soft_wrap=False), top=top)
         return
     import io
 
@@ -299,13 +306,11 @@ def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 
 
 
 @app.command()
-def config() -> None:
+def config(ctx: typer.Context) -> None:
     """Print the effective settings and where each came from ([tool.bdprune] in pyproject.toml)."""
 
     def run() -> int:
-        from .config import load_config
-
-        cfg = load_config()
+        cfg = ctx.find_root().obj
         typer.echo(f"config file: {cfg.path or 'none found (searched from the working directory upward)'}")
         for key, value, source in cfg.effective():
             typer.echo(f"{key:<15} {str(value):<24} {source}")

@@ -11,6 +11,19 @@ from rich.console import Console
 _stderr: Console | None = None
 
 
+class ReportConsole(Console):
+    """A stdout console that lets a closed pipe surface as BrokenPipeError (the CLI turns it into
+    exit 141) instead of Rich's own exit 1, which would read as "findings" to a CI gate."""
+
+    def on_broken_pipe(self) -> None:  # noqa: D102 - Rich hook
+        raise BrokenPipeError
+
+
+def stdout_console(**kwargs) -> Console:
+    """A console for reports on stdout."""
+    return ReportConsole(**kwargs)
+
+
 def stderr_console() -> Console:
     """The one Rich console that writes to stderr (progress, notes, warnings)."""
     global _stderr

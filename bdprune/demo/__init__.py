@@ -74,15 +74,14 @@ def run_demo(
     The pruned file goes to ``output_dir/model.pruned.safetensors`` (refused if it exists unless
     ``force``), or to a temporary directory that is removed afterwards.
     """
-    from rich.console import Console
-
     from ..core import evaluate_checkpoints, prune_checkpoint, scan_checkpoints
     from ..errors import BdpruneError
+    from ..progress import stdout_console
     from ..report.eval_view import print_eval
     from ..report.prune_view import print_prune
     from ..report import REPORTERS
 
-    console = console or Console()
+    console = console or stdout_console()
     for path in (MODEL, CLEAN, TEST, TEST_TRIGGERED):
         if not path.is_file():
             raise BdpruneError("a demo file is missing from the installed package", path=path, hint="reinstall bdprune")

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 
 from rich.console import Console
+
+from ..progress import stdout_console
 from rich.table import Table
 
 from ..errors import BdpruneError
@@ -17,7 +19,7 @@ def _pct(value: float | None) -> str:
 
 def print_eval(results, output_format: str = "table", console: Console | None = None) -> None:
     """Print a list of :class:`bdprune.evaluate.EvalResult` as a table or JSON (stdout)."""
-    console = console or Console()
+    console = console or stdout_console()
     if output_format == "json":
         doc = {"schema_version": 1, "results": [asdict(r) for r in results]}
         if len(results) == 2:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+
+from ..progress import stdout_console
 from rich.table import Table
 
 
 def print_prune(outcome, console: Console | None = None) -> None:
     """Print a :class:`bdprune.core.PruneOutcome` for people (stdout)."""
-    console = console or Console()
+    console = console or stdout_console()
     if outcome.curve:
         curve = Table(title=f"u search on validation data (unpruned ACC {outcome.base_acc:.2f}%)")
         for col in ("u", "channels pruned", "ACC %", "drop"):
