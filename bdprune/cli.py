@@ -41,8 +41,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing samples."
 NormalizeOpt = Annotated[str, typer.Option("--normalize", help="none, cifar10, imagenet, mnist, MEAN,STD or m1,m2,m3,s1,s2,s3 (the paper: none).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep or clp (`bdprune methods`); default bnp with --data, else clp.")]
-UOpt = Annotated[float, typer.Option("--u", "-u", help="Per-layer threshold in standard deviations (the paper: 3).")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep, clp (the papers) or bnp+ (`bdprune methods`); default bnp with --data, else clp.")]
+UOpt = Annotated[float, typer.Option("--u", "-u", help="Threshold in standard deviations, per layer (the paper: 3); bnp+: over the whole network.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full pickles (can run code from the file). Only for files you trust.")]
 
 
@@ -206,7 +206,7 @@ def prune(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .safetensors (default: <stem>.pruned.safetensors beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     channels: Annotated[Optional[Path], typer.Option("--channels", help="Prune exactly the channels flagged in this `scan --format json` report.")] = None,
-    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points.")] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points. bnp+ always uses a budget (default 1, on --data unless --val is given) to choose how many top-ranked channels to prune.")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled clean validation data for --max-acc-drop (never test or poisoned data).")] = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,

@@ -23,7 +23,7 @@ from .prune import (
 )
 from .scan import check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
 from .scoring import ScanResult
-from .tune import CurvePoint, choose_u
+from .tune import CurvePoint, choose_k, choose_u
 
 
 def _check_options(*, u: float, samples: int, seed: int, batch_size: int, device: str) -> None:
@@ -100,6 +100,8 @@ class PruneOutcome:
     curve: list[CurvePoint] = field(default_factory=list)
     base_acc: float | None = None
     notes: list[str] = field(default_factory=list)
+    k: int | None = None  # bnp+: how many top-ranked channels the budget allowed
+    filled: bool = False  # pruned biases were set to the clean mean output (bnp+), not zeroed
 
 
 def prune_checkpoint(
@@ -124,15 +126,26 @@ def prune_checkpoint(
     trust_pickle: bool = False,
     show_progress: bool = True,
 ) -> PruneOutcome:
-    """Prune the channels a scan flags (or a report lists) and write ``output`` as safetensors."""
+    """Prune the channels a scan flags (or a report lists) and write ``output`` as safetensors.
+
+    With ``max_acc_drop`` and ``val`` the amount is chosen from a clean-accuracy budget: u for the
+    per-layer methods, the number of top-ranked channels for bnp+, which always uses a budget
+    (default ``DEFAULT_MAX_ACC_DROP`` on ``data`` itself unless ``val`` is given)."""
+    from .atomic import check_output_path
+    from .scan import choose_method
+
     checkpoint = Path(checkpoint)
     out = Path(output) if output is not None else default_output(checkpoint)
-    if (max_acc_drop is None) != (val is None):
+    network_ranked = channels_report is None and choose_method(method, data is not None)[0].ranking == "network"
+    if network_ranked:  # bnp+: the prune count always comes from a budget, on --data unless --val is given
+        from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
+
+        max_acc_drop = DEFAULT_MAX_ACC_DROP if max_acc_drop is None else max_acc_drop
+        val = data if val is None else val
+    elif (max_acc_drop is None) != (val is None):
         raise BdpruneError("--max-acc-drop and --val go together", hint="pass both to choose u from a clean-accuracy budget")
     if channels_report is not None and max_acc_drop is not None:
         raise BdpruneError("--channels prunes a fixed list; it cannot be combined with --max-acc-drop")
-    from .atomic import check_output_path
-
     _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     inputs = tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None)
     check_output_path(out, inputs=inputs, force=force)  # fail before any expensive work
@@ -140,6 +153,8 @@ def prune_checkpoint(
     notes: list[str] = []
     curve: list[CurvePoint] = []
     base_acc = None
+    extra: dict[str, str] = {}
+    k = None
     if channels_report is not None:
         from .methods import METHODS
 
@@ -149,6 +164,7 @@ def prune_checkpoint(
             params = tuple(entry.get("pruned_params") or METHODS.get(method_name).pruned_params)
         except BdpruneError as exc:  # the report names no (known) method and --method is not given
             raise exc.with_path(channels_report) from None
+        fill = entry.get("fill")
         used_u, used_samples, total = entry.get("u"), int(entry.get("samples") or 0), int(entry.get("channels_total") or 0)
         notes.append(f"pruning the {sum(map(len, channels.values()))} channels listed in {channels_report}")
     else:
@@ -157,23 +173,32 @@ def prune_checkpoint(
             loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
         )
         notes += result.notes
+        channels = result.flagged_channels()
         if max_acc_drop is not None:
             from .data import parse_normalize
 
-            val_set = load_samples(val, None, seed)
-            u, base_acc, curve = choose_u(
-                loaded.model, result, val_set, max_acc_drop, device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize)
-            )
-            notes.append(f"chose u={u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
-            result = result.rethreshold(u)
-        channels, method_name, params = result.flagged_channels(), result.method, result.pruned_params
+            val_set = images if network_ranked and val == data else load_samples(val, None, seed)
+            budget = dict(device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize))
+            if network_ranked:
+                k, base_acc, curve = choose_k(loaded.model, result, val_set, max_acc_drop, **budget)
+                channels, result.u = result.top(k), None
+                notes.append(f"chose k={k}: the top-ranked channels before ACC on {Path(val).name} first fell more than {max_acc_drop:g} points")
+                extra = {"k": str(k), "max_acc_drop": repr(float(max_acc_drop))}
+            else:
+                u, base_acc, curve = choose_u(loaded.model, result, val_set, max_acc_drop, **budget)
+                notes.append(f"chose u={u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
+                result = result.rethreshold(u)
+                channels = result.flagged_channels()
+        method_name, params, fill = result.method, result.pruned_params, result.fill
         used_u, used_samples, total = result.u, result.samples, result.channels_total
-    check_channels(loaded.model, channels, params, source=channels_report)
-    tensors = masked_tensors(loaded.checkpoint, channels, params)
+    check_channels(loaded.model, channels, params, fill=fill, source=channels_report)
+    tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
     meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
-    metadata = pruning_metadata(method=method_name, u=meta_u, samples=used_samples, source=checkpoint, channels=channels, params=params)
+    metadata = pruning_metadata(
+        method=method_name, u=meta_u, samples=used_samples, source=checkpoint, channels=channels, params=params, fill=fill, extra=extra
+    )
     write_safetensors(tensors, out, metadata, source=checkpoint, force=force)
-    return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes)
+    return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes, k, fill is not None)
 
 
 def evaluate_checkpoints(

@@ -1,15 +1,17 @@
 """Apply a scan's flags to a checkpoint and write it as safetensors, all-or-nothing.
 
 Masks follow the papers: EP and BNP zero the BN weight (gamma) of a flagged channel, CLP zeroes
-gamma and beta. Every tensor keeps its shape and its original key name, so the user's own model
+gamma and beta. bnp+ zeroes gamma and sets beta to the channel's clean mean output (its "fill").
+Every tensor keeps its shape and its original key name, so the user's own model
 class loads the result with ``load_state_dict(strict=True)``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import math
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,8 +39,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_channels(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], *, source: object = None) -> None:
-    """Refuse channel lists naming a layer that is not a BN of ``model`` or an index out of range."""
+def check_channels(
+    model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], *, fill: Fill | None = None, source: object = None
+) -> None:
+    """Refuse channel lists naming a layer that is not a BN of ``model``, an index out of range,
+    or a pruned layer whose fill values do not match its width."""
     layers = dict(bn_layers(model))
     for layer, chans in channels.items():
         bn = layers.get(layer)
@@ -49,10 +54,25 @@ def check_channels(model: nn.Module, channels: Mapping[str, Sequence[int]], para
             raise BdpruneError(f"{layer} has {bn.num_features} channels; indices {bad[:5]} are out of range", path=source)
         if not bn.affine and params:
             raise BdpruneError(f"{layer} has no affine weight to zero (affine=False)", hint="this layer cannot be pruned by masking")
+        if chans and fill is not None and layer in fill and len(fill[layer]) != bn.num_features:
+            raise BdpruneError(f"{layer} has {bn.num_features} channels but {len(fill[layer])} fill values", path=source)
 
 
-def masked_tensors(checkpoint: Checkpoint, channels: Mapping[str, Sequence[int]], params: Sequence[str]) -> dict[str, Tensor]:
-    """The checkpoint's tensors (file key names) with ``params`` of the listed channels set to 0."""
+Fill = Mapping[str, Sequence[float]]
+
+
+def _pruned_values(param: str, layer: str, chans: Sequence[int], fill: Fill | None, like: Tensor) -> Tensor | float:
+    """What ``param`` of the pruned channels becomes: 0, or for ``bias`` the fill values when given."""
+    if param == "bias" and fill is not None and layer in fill:
+        return torch.tensor([float(fill[layer][c]) for c in chans], dtype=like.dtype, device=like.device)
+    return 0
+
+
+def masked_tensors(
+    checkpoint: Checkpoint, channels: Mapping[str, Sequence[int]], params: Sequence[str], fill: Fill | None = None
+) -> dict[str, Tensor]:
+    """The checkpoint's tensors (file key names) with ``params`` of the listed channels set to 0
+    (a bias to its ``fill`` value where one is given)."""
     tensors = {k: v for k, v in checkpoint.tensors.items()}
     for layer, chans in channels.items():
         if not chans:
@@ -60,25 +80,34 @@ def masked_tensors(checkpoint: Checkpoint, channels: Mapping[str, Sequence[int]]
         for param in params:
             key = checkpoint.file_key(f"{layer}.{param}")
             pruned = tensors[key].clone()
-            pruned[list(chans)] = 0
+            pruned[list(chans)] = _pruned_values(param, layer, chans, fill, pruned)
             tensors[key] = pruned
     return tensors
 
 
-def mask_model(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str]) -> None:
-    """Zero ``params`` of the listed channels in ``model``'s own BN layers, in place."""
+def mask_model(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], fill: Fill | None = None) -> None:
+    """Prune the listed channels in ``model``'s own BN layers, in place, as :func:`masked_tensors` does."""
     layers = dict(bn_layers(model))
     with torch.no_grad():
         for layer, chans in channels.items():
             for param in params:
-                getattr(layers[layer], param)[list(chans)] = 0
+                tensor = getattr(layers[layer], param)
+                tensor[list(chans)] = _pruned_values(param, layer, chans, fill, tensor)
 
 
 def pruning_metadata(
-    *, method: str, u: float | None, samples: int, source: Path, channels: Mapping[str, Sequence[int]], params: Sequence[str]
+    *,
+    method: str,
+    u: float | None,
+    samples: int,
+    source: Path,
+    channels: Mapping[str, Sequence[int]],
+    params: Sequence[str],
+    fill: Fill | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The text metadata stored in the safetensors header."""
-    return {
+    meta = {
         "format": "pt",
         "bdprune_version": __version__,
         "method": method,
@@ -87,7 +116,13 @@ def pruning_metadata(
         "source_sha256": sha256_file(source),
         "pruned_params": ",".join(params),
         "pruned_channels": json.dumps({k: sorted(int(c) for c in v) for k, v in channels.items() if v}, sort_keys=True),
+        **(extra or {}),
     }
+    if fill is not None:  # the bias each pruned channel was given, in the order of pruned_channels
+        meta["pruned_bias"] = json.dumps(
+            {k: [float(fill[k][c]) for c in sorted(v)] for k, v in channels.items() if v and k in fill}, sort_keys=True
+        )
+    return meta
 
 
 _DTYPES = {
@@ -177,6 +212,15 @@ def _checked_entry(entry: dict, report_path: Path) -> dict:
     u = entry.get("u")
     if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float))):
         raise bad("u", "a number")
+    fill = entry.get("fill")
+    if fill is not None and not (
+        isinstance(fill, dict)
+        and all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            for v in fill.values()
+        )
+    ):
+        raise bad("fill", "a map of layer to finite bias values")
     for field in ("samples", "channels_total"):
         value = entry.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

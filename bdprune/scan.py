@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
 from .data import ImageSet, check_fits, load_images, parse_normalize
 from .errors import BdpruneError
 from .methods import METHODS, Method, ScoreContext
-from .scoring import ScanResult, flag_layer
+from .scoring import ScanResult, flag
 from .stats import bn_layers, collect_stats
 
 
@@ -148,7 +148,7 @@ def score_model(
     normalize: str = "none",
     show_progress: bool = True,
 ) -> ScanResult:
-    """Score every BN channel of ``loaded`` with ``method`` and flag per layer at ``u``."""
+    """Score every BN channel of ``loaded`` with ``method`` and flag at ``u`` (per layer, or network-wide for bnp+)."""
     check_u(u)
     check_batch_size(batch_size)
     method_cls, reason = choose_method(method, data is not None)
@@ -193,9 +193,11 @@ def score_model(
         notes.append(f"{method_cls.name} is data-free; --data was not used")
     model.to(dev)
     ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes)
+    method_obj = method_cls()
     try:
         with torch.inference_mode():
-            raw = method_cls().score(ctx)
+            raw = method_obj.score(ctx)
+            fill = method_obj.fill_values(ctx)
     except BdpruneError as exc:  # e.g. a BN without running statistics: name the checkpoint
         raise exc.with_path(loaded.checkpoint.path) from None
     for layer, scores in raw.items():
@@ -205,7 +207,7 @@ def score_model(
                 path=loaded.checkpoint.path,
                 hint="the checkpoint or the data holds NaN/inf values; check both",
             )
-    layers = [flag_layer(name, s, u, low_is_suspicious=method_cls.low_is_suspicious) for name, s in raw.items()]
+    layers = flag(raw, u, ranking=method_cls.ranking, low_is_suspicious=method_cls.low_is_suspicious)
     return ScanResult(
         checkpoint=str(loaded.checkpoint.path),
         arch=loaded.arch,
@@ -219,4 +221,6 @@ def score_model(
         pruned_params=method_cls.pruned_params,
         notes=notes,
         version=__version__,
+        ranking=method_cls.ranking,
+        fill=None if fill is None else {name: v.cpu().tolist() for name, v in fill.items()},
     )

@@ -44,6 +44,30 @@ def flag_layer(name: str, scores: Tensor, u: float, *, low_is_suspicious: bool) 
     return LayerResult(name, s.tolist(), z.tolist(), flagged.nonzero().flatten().tolist(), mean, std, threshold)
 
 
+def flag_network(raw: dict[str, Tensor], u: float) -> list[LayerResult]:
+    """Flag channels whose score is more than ``u`` standard deviations above the mean of *all*
+    scored channels of the network (one ranking; z is global, comparable across layers)."""
+    every = torch.cat([s.detach().to("cpu", torch.float64).flatten() for s in raw.values()])
+    mean = float(every.mean())
+    std = float(every.std()) if every.numel() > 1 else math.nan
+    spread = math.isfinite(std) and std > 0.0
+    threshold = mean + u * std if spread else None
+    layers = []
+    for name, scores in raw.items():
+        s = scores.detach().to("cpu", torch.float64)
+        z = (s - mean) / std if spread else torch.zeros_like(s)
+        flagged = (s > threshold).nonzero().flatten().tolist() if spread else []
+        layers.append(LayerResult(name, s.tolist(), z.tolist(), flagged, mean, std if spread else 0.0, threshold))
+    return layers
+
+
+def flag(raw: dict[str, Tensor], u: float, *, ranking: str, low_is_suspicious: bool) -> list[LayerResult]:
+    """Per-layer (``ranking="layer"``, the papers' rule) or network-wide flags at ``u``."""
+    if ranking == "network":
+        return flag_network(raw, u)
+    return [flag_layer(name, s, u, low_is_suspicious=low_is_suspicious) for name, s in raw.items()]
+
+
 @dataclass
 class ScanResult:
     """Everything a scan found; the reports and the pruner work from this alone."""
@@ -61,7 +85,8 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     version: str = ""
     verdict: Any = None  # a bdprune.verdict.Verdict once assessed
-
+    ranking: str = "layer"  # "network": z and flags are over all channels at once (bnp+)
+    fill: dict[str, list[float]] | None = None  # bias a pruned channel gets, per layer (bnp+)
 
     @property
     def channels_total(self) -> int:
@@ -88,11 +113,16 @@ class ScanResult:
 
     def rethreshold(self, u: float) -> "ScanResult":
         """The same scores flagged at another ``u`` (no recomputation)."""
-        layers = [
-            flag_layer(layer.name, torch.tensor(layer.scores, dtype=torch.float64), u, low_is_suspicious=self.low_is_suspicious)
-            for layer in self.layers
-        ]
+        raw = {layer.name: torch.tensor(layer.scores, dtype=torch.float64) for layer in self.layers}
+        layers = flag(raw, u, ranking=self.ranking, low_is_suspicious=self.low_is_suspicious)
         return ScanResult(**{**self.__dict__, "u": u, "layers": layers})
+
+    def top(self, k: int) -> dict[str, list[int]]:
+        """The ``k`` most suspicious channels of the whole ranking, per layer (ties broken by name, index)."""
+        chosen: dict[str, list[int]] = {}
+        for layer, channel, *_ in self.ranked()[:k]:
+            chosen.setdefault(layer, []).append(channel)
+        return {layer: sorted(chans) for layer, chans in chosen.items()}
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (``schema_version`` included); NaN becomes null."""

@@ -39,9 +39,10 @@ class Verdict:
 #      running ones everywhere; a backdoor leaves channels whose running statistics were pulled
 #      by triggered samples. This absolute divergence separated best (AUROC 0.96 on the zoo);
 #      per-layer or robust z-scores did not (0.81-0.90), since every layer has a relative tail.
+# bnp+: the same KL scores as bnp, so the same rule.
 # ep, clp: no statistic separated clean from backdoored models on the zoo (AUROC <= 0.69), so
 #      their bars only catch extreme outliers; prefer bnp for gating.
-RULES = {"bnp": ("max-kl", 0.075), "ep": ("max-robust-z", 200.0), "clp": ("max-robust-z", 10.0)}
+RULES = {"bnp": ("max-kl", 0.075), "bnp+": ("max-kl", 0.075), "ep": ("max-robust-z", 200.0), "clp": ("max-robust-z", 10.0)}
 
 
 def robust_z(scores: Sequence[float], low_is_suspicious: bool) -> list[float]:

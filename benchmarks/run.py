@@ -6,6 +6,7 @@
     python benchmarks/run.py speed --quick     # smoke run
     python benchmarks/run.py speed --device cuda
     python benchmarks/run.py all               # both
+    python benchmarks/run.py bnp-plus-tune     # bnp+ candidates on the zoo's tune part (prints)
 
 Each subcommand rewrites its own section of benchmarks/RESULTS.md.
 """
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     z.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     z.add_argument("--reuse-measurements", action="store_true",
                    help="reuse cached per-model measurements (cache/measure/) instead of re-measuring")
+    t = sub.add_parser("bnp-plus-tune", help="choose bnp+'s ranking, fill and budget on the zoo's tune part (prints)")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("--shard", type=int, choices=(0, 1), default=None, help="every other tune model (run 0 and 1 side by side)")
     s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
     a = sub.add_parser("all", help="zoo then speed")
     for p in (s, a):
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--memory-sizes", default=None, help="sample counts for the memory runs (default: --sizes)")
         p.add_argument("--memory-passes", default=None, help="passes for the memory runs (default bare,bnp,ep)")
         p.add_argument("--memory-archs", default=None, help="architectures for the memory runs (default: --archs)")
+        p.add_argument("--parts", default=None, help="comma-separated subset of help,clp,entropy,forward,memory to rerun (the rest keep the cached numbers)")
     a.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     a.add_argument("--part", default=None, help=argparse.SUPPRESS)
     a.add_argument("--arch", default=None, help=argparse.SUPPRESS)
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.cmd == "all":
             args.threads = args.threads or 1
         zoo.run(args)
+    if args.cmd == "bnp-plus-tune":
+        import bnp_plus_tuning
+
+        bnp_plus_tuning.run(args)
     if args.cmd in ("speed", "all"):
         import speed
 

@@ -2,7 +2,7 @@
 
 * BNP and EP: the statistics pass plus the scores and thresholds, against a bare forward pass
   over the same batches on the same device (inference mode), as a ratio. Targets: <= 1.10x.
-* CLP: bdprune's batched ``torch.linalg.svdvals`` against a per-channel SVD loop written here
+* CLP: bdprune's batched Gram-matrix ``eigvalsh`` (and the previous batched ``svdvals``) against a per-channel SVD loop written here
   (the official code's approach), as a ratio. Target: >= 20x faster.
 * EP's entropy: ``bdprune.methods.ep.histogram_entropy`` against a per-bin Python loop (the
   official approach) on the same standardized matrix; the two must agree.
@@ -156,19 +156,16 @@ def clp_batched_only(model: torch.nn.Module, pairs: dict[str, str], device) -> d
     return {bn: channel_lipschitz(mods[conv].weight, mods[bn].weight, mods[bn].running_var) for bn, conv in pairs.items()}
 
 
-def clp_gram_candidate(model: torch.nn.Module, pairs: dict[str, str], device) -> dict[str, torch.Tensor]:
-    """A proposed faster exact CLP (not in bdprune yet): the largest singular value of each
-    channel's (C_in x k*k) matrix is the square root of the largest eigenvalue of its small
-    Gram matrix (k*k x k*k, or C_in x C_in when smaller), all channels in one batched eigvalsh."""
+def clp_svdvals_previous(model: torch.nn.Module, pairs: dict[str, str], device) -> dict[str, torch.Tensor]:
+    """bdprune's previous CLP (before 0.2): one batched ``svdvals`` over every channel's
+    (C_in x k*k) float64 matrix, kept here for the before/after."""
     mods = dict(model.named_modules())
     out = {}
     for bn, conv in pairs.items():
         w = mods[conv].weight.detach().to(torch.float64)
         m = w.unsqueeze(1) if w.dim() == 2 else w.reshape(w.shape[0], w.shape[1], -1)
-        gram = m.transpose(1, 2) @ m if m.shape[1] >= m.shape[2] else m @ m.transpose(1, 2)
-        top = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
         b = mods[bn]
-        out[bn] = top * (b.weight.detach().to(torch.float64) / b.running_var.to(torch.float64).sqrt()).abs()
+        out[bn] = torch.linalg.svdvals(m)[:, 0] * (b.weight.detach().to(torch.float64) / b.running_var.to(torch.float64).sqrt()).abs()
     return out
 
 
@@ -181,7 +178,7 @@ def clp_bench(arch: str, device: torch.device, repeats: int) -> dict:
     with torch.inference_mode():
         whole = lambda: (METHODS.get("clp")().score(ScoreContext(model=model, stats=None, device=device)), sync(device))  # noqa: E731
         svd = lambda: (clp_batched_only(model, pairs, device), sync(device))  # noqa: E731
-        gram = lambda: (clp_gram_candidate(model, pairs, device), sync(device))  # noqa: E731
+        gram = lambda: (clp_svdvals_previous(model, pairs, device), sync(device))  # noqa: E731
         loop = lambda: clp_loop_reference(model)  # noqa: E731
         ours, ref, cand = whole()[0], loop(), gram()[0]
         diff = max(float((ours[k].cpu() - ref[k].double()).abs().max() / ref[k].double().abs().max()) for k in ours)
@@ -325,23 +322,31 @@ def run(args) -> None:
     mem_archs = args.memory_archs.split(",") if args.memory_archs else archs
     mem_passes = (args.memory_passes or "bare,bnp,ep").split(",")
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    parts = set((args.parts or "help,clp,entropy,forward,memory").split(","))
+    out = HERE / "cache" / f"speed_{device.type}.json"
     res = {"forward": [], "clp": [], "entropy": [], "memory": []}
-    res["help"] = help_wall_time()
-    log(f"bdprune --help: {res['help']['median_s']:.3f}s")
+    if parts != {"help", "clp", "entropy", "forward", "memory"} and out.exists():
+        # A partial rerun replaces only its own tables; the others keep the earlier run's numbers.
+        res = {**json.loads(out.read_text()), **{p: [] for p in parts if p != "help"}}
+        res.setdefault("reruns", []).append({"parts": sorted(parts), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    if "help" in parts:
+        res["help"] = help_wall_time()
+        log(f"bdprune --help: {res['help']['median_s']:.3f}s")
     for arch in archs:
-        res["clp"].append(clp_bench(arch, device, repeats))
-        log(f"clp {res['clp'][-1]}")
-        res["entropy"].append(entropy_bench(arch, sizes[0], device, repeats))
-        log(f"entropy {res['entropy'][-1]}")
-        for n in sizes:
+        if "clp" in parts:
+            res["clp"].append(clp_bench(arch, device, repeats))
+            log(f"clp {res['clp'][-1]}")
+        if "entropy" in parts:
+            res["entropy"].append(entropy_bench(arch, sizes[0], device, repeats))
+            log(f"entropy {res['entropy'][-1]}")
+        for n in sizes if "forward" in parts else ():
             res["forward"].append(forward_ratios(arch, n, device, repeats))
             r = res["forward"][-1]
             log(f"{arch} n={n}: bare {r['bare_s']:.2f}s BNP {r['bnp_ratio']:.3f}x (before {r['bnp_legacy_ratio']:.3f}x) EP {r['ep_ratio']:.3f}x")
-        for n in mem_sizes if arch in mem_archs else ():
+        for n in mem_sizes if arch in mem_archs and "memory" in parts else ():
             for what in mem_passes:
                 res["memory"].append(memory_bench(arch, n, what, args.device, args.threads))
                 log(f"memory {res['memory'][-1]}")
-    out = HERE / "cache" / f"speed_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     body = report(res, device, repeats)
@@ -357,6 +362,8 @@ def report(res: dict, device: torch.device, repeats: int) -> str:
 
     ok = lambda cond: "met" if cond else "**missed**"  # noqa: E731
     lines = [f"## Speed and memory ({device.type})\n", provenance(str(device)), f"Median of {repeats} after a warm-up; batch {BATCH}.\n"]
+    for rerun in res.get("reruns", []):
+        lines.append(f"Partial rerun on {rerun['date']} (`--parts {','.join(rerun['parts'])}`): only those tables are from it; the others are from an earlier full run of the same command.\n")
     lines += ["### Statistics pass + scores vs a bare forward pass (target <= 1.10x)\n",
               "BNP (before) = the same pass with the previous hook (a float64 copy of each whole BN input and a second one for x*x), "
               "measured in the same run.\n",
@@ -364,10 +371,11 @@ def report(res: dict, device: torch.device, repeats: int) -> str:
     for r in res["forward"]:
         lines.append(f"| {r['arch']} | {r['n']} | {r['bare_s']:.3f} | {r['bnp_s']:.3f} | {r['bnp_ratio']:.3f}x ({ok(r['bnp_ratio'] <= 1.10)}) | "
                      f"{r['bnp_legacy_ratio']:.3f}x | {r['ep_s']:.3f} | {r['ep_ratio']:.3f}x ({ok(r['ep_ratio'] <= 1.10)}) |")
-    lines += ["\n### CLP: batched svdvals vs a per-channel SVD loop (target >= 20x)\n",
-              "Loop = the official approach (module-order pairing, one float32 `torch.svd` per channel). Candidate = "
-              "Gram-matrix `eigvalsh` (benchmark only, not in bdprune): sqrt of the top eigenvalue of each channel's k*k x k*k Gram matrix.\n",
-              "| arch | channels | loop s | bdprune CLP (incl. torch.fx pairing) s | speed-up | svdvals only s | speed-up | max rel. diff vs loop | candidate s | speed-up | rel. diff vs bdprune |",
+    lines += ["\n### CLP: batched Gram eigvalsh vs a per-channel SVD loop (target >= 20x)\n",
+              "Loop = the official approach (module-order pairing, one float32 `torch.svd` per channel). bdprune = sqrt of the top "
+              "eigenvalue of each channel's k*k x k*k Gram matrix, float64, one batched `eigvalsh` per layer (`channel_lipschitz`); "
+              "score math only = that without the torch.fx pairing. Previous = bdprune 0.1's batched `svdvals`, for the before/after.\n",
+              "| arch | channels | loop s | bdprune CLP (incl. torch.fx pairing) s | speed-up | score math only s | speed-up | max rel. diff vs loop | previous (batched svdvals) s | speed-up | rel. diff vs bdprune |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["clp"]:
         lines.append(f"| {r['arch']} | {r['channels']} | {r['loop_s']:.3f} | {r['whole_s']:.4f} | {r['speedup_whole']:.1f}x ({ok(r['speedup_whole'] >= 20)}) | "

@@ -1,5 +1,6 @@
 """Efficacy zoo: train clean and backdoored BatchNorm models on real MNIST digits, then scan,
-prune and evaluate each with BNP, EP and CLP at u = 3 through bdprune's library (the same code
+prune and evaluate each with BNP, EP and CLP at u = 3, and with bnp+ at its defaults (its prune
+count from a clean-accuracy budget), through bdprune's library (the same code
 as the CLI), and write the table to RESULTS.md.
 
 Data: /work/shared/data/mnist10k.npz (10,000 real digits), split once by a seeded permutation
@@ -37,7 +38,7 @@ N_TRAIN = 5000  # of the 8,000 left after the split, to keep the zoo in its CPU 
 EPOCHS = 2
 EP_SAMPLES = 2000
 U = 3.0
-METHODS = ("bnp", "ep", "clp")
+METHODS = ("bnp", "ep", "clp", "bnp+")  # bnp+: bdprune's own (issue 7), with its defaults
 RATES = (0.01, 0.05, 0.10)
 ARCHS = ("resnet18", "preactresnet18", "vgg11_bn1d")
 ARCH_ARGS = {"width": "16"}
@@ -201,6 +202,7 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
 
     data, samples = {
         "bnp": (CACHE / "clean.npz", N_CLEAN),
+        "bnp+": (CACHE / "clean.npz", N_CLEAN),
         "ep": (CACHE / "epdata" / f"{spec.name}.npz", EP_SAMPLES),
         "clp": (None, 500),
     }[method]
@@ -215,12 +217,21 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
     scan_path.write_text(json.dumps(result.to_dict(), indent=1))
     out = CACHE / "pruned" / f"{spec.name}__{method}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    prune_checkpoint(model_path(spec), spec.arch, channels_report=scan_path, output=out, force=True, arch_args=ARCH_ARGS, show_progress=False)
+    if method == "bnp+":  # the prune count comes from its clean-accuracy budget, not from the scan's u
+        t0 = time.perf_counter()
+        outcome = prune_checkpoint(
+            model_path(spec), spec.arch, method=method, data=data, samples=samples, output=out, force=True,
+            device="cpu", arch_args=ARCH_ARGS, show_progress=False,
+        )
+        scan_s, pruned = time.perf_counter() - t0, outcome.k
+    else:
+        prune_checkpoint(model_path(spec), spec.arch, channels_report=scan_path, output=out, force=True, arch_args=ARCH_ARGS, show_progress=False)
+        pruned = result.flagged_total
     acc, asr = evaluate(out, spec)
     return {
         "model": spec.name, "part": spec.part, "arch": spec.arch, "attack": spec.attack, "rate": spec.rate,
         "target": spec.target, "method": method, "acc_before": meta["acc"], "asr_before": meta["asr"],
-        "acc_after": acc, "asr_after": asr, "pruned": result.flagged_total, "channels": result.channels_total,
+        "acc_after": acc, "asr_after": asr, "pruned": pruned, "channels": result.channels_total,
         "scan_seconds": scan_s, "samples": result.samples,
     }
 
@@ -238,7 +249,7 @@ def _f(v, digits=1) -> str:
 
 def summarize(rows: list[dict]) -> str:
     lines = []
-    lines.append("### Summary per method (u = 3)\n")
+    lines.append("### Summary per method (bnp, ep, clp at u = 3; bnp+ at its default budget)\n")
     lines.append(
         f"A backdoor *took* when the trained model's ASR is >= {ASR_TOOK:g}%; success = ASR after <= "
         f"{SUCCESS_ASR:g}% with ACC drop <= {SUCCESS_DROP:g} points. Medians over backdoored models that took.\n"
@@ -272,6 +283,33 @@ def summarize(rows: list[dict]) -> str:
             n = len(sel)
             cells.append(_f(_med(r["asr_after"] for r in sel)))
         lines.append(f"| {key}={value} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(rows: list[dict], part: str = "holdout") -> str:
+    """Per model of ``part``: ACC / ASR before, then after each method, and bnp+'s summary line."""
+    models = sorted({r["model"] for r in rows if r["part"] == part})
+    by = {(r["model"], r["method"]): r for r in rows}
+    lines = [
+        "| model | before ACC / ASR | " + " | ".join(f"{m} ACC / ASR (pruned)" for m in METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    for name in models:
+        first = next(by[(name, m)] for m in METHODS if (name, m) in by)
+        cells = [
+            f"{_f(by[(name, m)]['acc_after'], 2)} / {_f(by[(name, m)]['asr_after'])} ({by[(name, m)]['pruned']})" if (name, m) in by else "-"
+            for m in METHODS
+        ]
+        lines.append(f"| {name} | {_f(first['acc_before'], 2)} / {_f(first['asr_before'])} | " + " | ".join(cells) + " |")
+    for method in METHODS:
+        sel = [r for r in rows if r["part"] == part and r["method"] == method]
+        took = [r for r in sel if r["attack"] != "clean" and (r["asr_before"] or 0) >= ASR_TOOK]
+        ok = [r for r in took if r["asr_after"] <= SUCCESS_ASR and r["acc_before"] - r["acc_after"] <= SUCCESS_DROP]
+        clean = [r["acc_before"] - r["acc_after"] for r in sel if r["attack"] == "clean"]
+        lines.append(
+            f"\n{method} ({part}): backdoored models brought to ASR <= {SUCCESS_ASR:g}% with ACC drop <= {SUCCESS_DROP:g}: "
+            f"{len(ok)} / {len(took)}; clean models' ACC drop: max {_f(max(clean) if clean else None, 2)}"
+        )
     return "\n".join(lines)
 
 
@@ -329,7 +367,7 @@ def run(args) -> None:
     )
     took = [m for m in metas.values() if m["attack"] != "clean" and (m["asr"] or 0) < ASR_TOOK]
     body = (
-        "## Efficacy zoo (MNIST digits, u = 3)\n\n"
+        "## Efficacy zoo (MNIST digits; bnp, ep, clp at u = 3; bnp+ at its defaults)\n\n"
         + provenance("cpu")
         + f"\nData: {DATA} split by seed {SPLIT_SEED} into {N_CLEAN} held-out clean (BNP's samples, never trained on), "
         f"{N_TEST} test (ACC; ASR on the test images whose label is not the target) and 8,000 training images "
@@ -348,7 +386,9 @@ def run(args) -> None:
         "### Models\n\n| model | part | arch | attack | trigger | rate | target | seed | train s |\n|---|---|---|---|---|---|---|---|---|\n"
         + models
         + ("\n\nBackdoors that did not take (ASR before < 50%): " + ", ".join(f"{m['name']} ({_f(m['asr'])}%)" for m in took) if took else "")
-        + "\n\n" + summarize(rows) + "\n\n### Every model and method\n\n" + table(rows) + "\n"
+        + "\n\n" + summarize(rows)
+        + "\n\n### Holdout part (never tuned on): every method side by side\n\n" + side_by_side(rows)
+        + "\n\n### Every model and method\n\n" + table(rows) + "\n"
     )
     if args.part is None and not args.arch:
         write_section("zoo", body)

@@ -47,6 +47,17 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, one_torch_thread):
+    """The model trained with the backdoor (10% of the training digits poisoned)."""
+    return train_digits(tmp_path_factory.mktemp("digits"), POISON_RATE)
+
+
+@pytest.fixture(scope="module")
+def clean_digits_run(tmp_path_factory, one_torch_thread):
+    """The same model, data split and training, with no digit poisoned."""
+    return train_digits(tmp_path_factory.mktemp("clean_digits"), 0.0)
+
+
+def train_digits(root, poison_rate: float) -> dict:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -54,10 +65,10 @@ def digits_run(tmp_path_factory, one_torch_thread):
     labels = digits.target.astype(np.int64)
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(images))
-    train_idx, test_idx = order[:1400], order[1400:]
+    train_idx, test_idx = order[:1400], order[1400:]  # test: 397 held-out clean digits
     x_train, y_train = images[train_idx].copy(), labels[train_idx].copy()
     x_test, y_test = images[test_idx], labels[test_idx]
-    poisoned = rng.choice(len(x_train), size=int(POISON_RATE * len(x_train)), replace=False)
+    poisoned = rng.choice(len(x_train), size=int(poison_rate * len(x_train)), replace=False)
     x_train[poisoned] = add_trigger(x_train[poisoned])
     y_train[poisoned] = TARGET
 
@@ -81,7 +92,6 @@ def digits_run(tmp_path_factory, one_torch_thread):
                 optimizer.step()
     model.eval()
 
-    root = tmp_path_factory.mktemp("digits")
     checkpoint = root / "badnets_digits.pt"
     torch.save(model.state_dict(), checkpoint)
     clean_npz, train_npz = root / "clean_heldout.npz", root / "poisoned_train.npz"
@@ -158,3 +168,71 @@ def test_scan_clp_without_data_matches_the_reference(digits_run):
     pairs, unpaired = dataflow_pairs(model, digits_run["x_test"][:2])
     assert not unpaired
     check_against(report, clp_reference(model, pairs), 3.0, low=False)
+
+
+# --- the CI gate at defaults on real trained models ---------------------------------------
+
+def test_scan_at_defaults_fails_the_backdoored_model_and_passes_the_clean_one(digits_run, clean_digits_run):
+    """`bdprune scan MODEL --arch ... --data CLEAN` with no other option: the verdict (bnp's
+    largest KL against its calibrated threshold) is the exit code."""
+    codes = {}
+    for name, run in (("backdoored", digits_run), ("clean", clean_digits_run)):
+        result = CliRunner().invoke(
+            app, ["scan", str(run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(run["clean_npz"]), "-f", "json"]
+        )
+        report = json.loads(result.stdout)
+        assert report["method"] == "bnp" and report["verdict"]["threshold"] == 0.075
+        assert (report["verdict"]["label"] == "suspicious") == (result.exit_code == 1)
+        codes[name] = result.exit_code
+    assert codes == {"backdoored": 1, "clean": 0}
+
+
+def test_exit_zero_reports_the_backdoored_model_but_exits_0(digits_run):
+    result = CliRunner().invoke(
+        app, ["scan", str(digits_run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(digits_run["clean_npz"]), "-f", "json", "--exit-zero"]
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["verdict"]["label"] == "suspicious"
+
+
+# --- bnp+ end to end ------------------------------------------------------------------------
+
+def test_prune_bnp_plus_keeps_the_budget_and_records_k_and_fill(digits_run, tmp_path):
+    """prune --method bnp+ at its default budget: the file holds gamma = 0 and beta = the scan's
+    fill for exactly the top-k channels, everything else unchanged, and ACC on --data fell at
+    most the budget (checked here with the file loaded into a fresh model)."""
+    from safetensors.torch import load_file
+
+    from bdprune.methods.bnp_plus import DEFAULT_MAX_ACC_DROP
+    from bdprune.prune import read_pruned_channels
+
+    out = tmp_path / "plus.safetensors"
+    common = ["--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(digits_run["clean_npz"]), "--device", "cpu", "--method", "bnp+"]
+    result = CliRunner().invoke(app, ["prune", str(digits_run["checkpoint"]), *common, "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    channels, meta = read_pruned_channels(out)
+    k = int(meta["k"])
+    assert meta["method"] == "bnp+" and float(meta["max_acc_drop"]) == DEFAULT_MAX_ACC_DROP and k == sum(map(len, channels.values())) > 0
+    _, report = scan_json(digits_run, "--method", "bnp+", "--data", str(digits_run["clean_npz"]))
+    ranked = sorted(((s, layer["name"], c) for layer in report["layers"] for c, s in enumerate(layer["scores"])), reverse=True)
+    expected: dict[str, list[int]] = {}
+    for _, name, c in ranked[:k]:
+        expected.setdefault(name, []).append(c)
+    assert channels == {name: sorted(cs) for name, cs in expected.items()}
+    pruned, original = load_file(str(out)), reload(digits_run).state_dict()
+    for key, value in original.items():
+        layer, _, param = key.rpartition(".")
+        chans = channels.get(layer, [])
+        if param in ("weight", "bias") and chans:
+            keep = [c for c in range(len(value)) if c not in chans]
+            assert torch.equal(pruned[key][keep], value[keep])
+            want = torch.zeros(len(chans)) if param == "weight" else torch.tensor([report["fill"][layer][c] for c in chans], dtype=torch.float32)
+            assert torch.equal(pruned[key][chans], want), key
+        else:
+            assert torch.equal(pruned[key], value), key
+    model = reload(digits_run)
+    model.load_state_dict(pruned)
+    y = torch.from_numpy(digits_run["y_test"])
+    with torch.no_grad():
+        before = (reload(digits_run)(digits_run["x_test"]).argmax(1) == y).double().mean().item() * 100
+        after = (model.eval()(digits_run["x_test"]).argmax(1) == y).double().mean().item() * 100
+    assert before - after <= DEFAULT_MAX_ACC_DROP + 1e-9

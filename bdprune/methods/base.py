@@ -37,10 +37,16 @@ class Method(ABC):
     needs_maxima: ClassVar[bool] = False
     low_is_suspicious: ClassVar[bool] = False
     pruned_params: ClassVar[tuple[str, ...]] = ("weight",)
+    # "layer": flag per layer at mean + u*std (the papers); "network": one ranking over all channels.
+    ranking: ClassVar[str] = "layer"
 
     @abstractmethod
     def score(self, ctx: ScoreContext) -> dict[str, Tensor]:
         """Raw float64 scores (one per channel) keyed by BN layer name."""
+
+    def fill_values(self, ctx: ScoreContext) -> dict[str, Tensor] | None:
+        """Values a pruned channel's BN bias is set to, per layer; None: pruned parameters become 0."""
+        return None
 
 
 METHODS: Registry[type[Method]] = Registry("method", list_command="bdprune methods")

@@ -1,25 +1,29 @@
-"""What ``prune`` prints: the channels pruned per layer, the u curve if one was searched, where it went."""
+"""What ``prune`` prints: the channels pruned per layer, the u (or k) curve if one was searched, where it went."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from ..progress import stdout_console
 from rich.table import Table
+
+from ..progress import stdout_console
 
 
 def print_prune(outcome, console: Console | None = None) -> None:
     """Print a :class:`bdprune.core.PruneOutcome` for people (stdout)."""
     console = console or stdout_console()
+    by_k = outcome.k is not None
     if outcome.curve:
-        curve = Table(title=f"u search on validation data (unpruned ACC {outcome.base_acc:.2f}%)")
-        for col in ("u", "channels pruned", "ACC %", "drop"):
+        what = "k (top-ranked channels)" if by_k else "u"
+        curve = Table(title=f"{what} search on validation data (unpruned ACC {outcome.base_acc:.2f}%)")
+        for col in ("k" if by_k else "u", "channels pruned", "ACC %", "drop"):
             curve.add_column(col, justify="right")
         for p in outcome.curve:
-            chosen = p.u == outcome.u
+            chosen = p.channels == outcome.k if by_k else p.u == outcome.u
             curve.add_row(f"{p.u:g}", str(p.channels), f"{p.acc:.2f}", f"{outcome.base_acc - p.acc:+.2f}", style="bold green" if chosen else None)
         console.print(curve)
-    table = Table(title=f"Pruned channels ({outcome.method}: zeroed {' and '.join(outcome.params)})")
+    how = "weight zeroed, bias set to the clean mean output" if outcome.filled else f"zeroed {' and '.join(outcome.params)}"
+    table = Table(title=f"Pruned channels ({outcome.method}: {how})")
     table.add_column("layer")
     table.add_column("pruned", justify="right")
     table.add_column("channels")
@@ -29,5 +33,5 @@ def print_prune(outcome, console: Console | None = None) -> None:
     if outcome.channels:
         console.print(table)
     n = sum(map(len, outcome.channels.values()))
-    u = "" if outcome.u is None else f" at u={outcome.u:g}"
+    u = f" (top k={outcome.k})" if by_k else "" if outcome.u is None else f" at u={outcome.u:g}"
     console.print(f"pruned {n} of {outcome.channels_total or '?'} channels{u}; wrote {outcome.output}", markup=False, highlight=False)

@@ -27,6 +27,10 @@ CASES = {
     "channels_total negative": ({**GOOD, "channels_total": -1}, "field 'channels_total'"),
     "method not a string": ({**GOOD, "method": 3}, "field 'method'"),
     "no method at all": ({"flagged": {"bn1": [0]}}, "unknown method ''"),
+    "fill not a map": ({**GOOD, "method": "bnp+", "fill": [1.0]}, "field 'fill' of the scan report"),
+    "fill NaN": ({**GOOD, "method": "bnp+", "fill": {"bn1": [float("nan")] * 4}}, "field 'fill'"),
+    "fill a string": ({**GOOD, "method": "bnp+", "fill": {"bn1": ["1"] * 4}}, "field 'fill'"),
+    "fill too short": ({**GOOD, "method": "bnp+", "fill": {"bn1": [0.5]}}, "bn1 has 4 channels but 1 fill values"),
 }
 
 
@@ -47,3 +51,16 @@ def test_a_good_report_prunes(files, cli):
     from bdprune.prune import read_pruned_channels
 
     assert read_pruned_channels(files.root / "out.safetensors")[0] == {"bn1": [0]}
+
+
+def test_a_bnp_plus_report_sets_the_pruned_bias_to_its_fill(files, cli):
+    """The control for the fill cases: a well-formed bnp+ report gives gamma 0 and beta = fill."""
+    from safetensors.torch import load_file
+
+    report = {"flagged": {"bn1": [1, 3]}, "method": "bnp+", "pruned_params": ["weight", "bias"], "fill": {"bn1": [0.0, 0.25, 0.5, -0.75]}}
+    (files.root / "report.json").write_text(json.dumps(report))
+    out = cli("prune", files.checkpoint, *ARCH, "--channels", "report.json", "-o", "out.safetensors")
+    assert out.exit_code == 0, out.stderr
+    tensors = load_file(str(files.root / "out.safetensors"))
+    assert tensors["bn1.weight"][[1, 3]].tolist() == [0.0, 0.0]
+    assert tensors["bn1.bias"][[1, 3]].tolist() == [0.25, -0.75]
