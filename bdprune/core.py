@@ -181,7 +181,7 @@ def prune_checkpoint(
             budget = dict(device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize))
             if network_ranked:
                 k, base_acc, curve = choose_k(loaded.model, result, val_set, max_acc_drop, **budget)
-                channels, result.u = result.top(k), None
+                channels = result.top(k)
                 notes.append(f"chose k={k}: the top-ranked channels before ACC on {Path(val).name} first fell more than {max_acc_drop:g} points")
                 extra = {"k": str(k), "max_acc_drop": repr(float(max_acc_drop))}
             else:
@@ -190,7 +190,9 @@ def prune_checkpoint(
                 result = result.rethreshold(u)
                 channels = result.flagged_channels()
         method_name, params, fill = result.method, result.pruned_params, result.fill
-        used_u, used_samples, total = result.u, result.samples, result.channels_total
+        # a k chosen from the budget replaces u: the file records k, not the scan's u
+        used_u = None if k is not None else result.u
+        used_samples, total = result.samples, result.channels_total
     check_channels(loaded.model, channels, params, fill=fill, source=channels_report)
     tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
     meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)

@@ -21,9 +21,10 @@ U_GRID = (8.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0)
 
 @dataclass
 class CurvePoint:
-    """One grid point: u, channels it prunes, validation accuracy after pruning."""
+    """One grid point: u (None on a k curve, where ``channels`` is k), channels it prunes,
+    validation accuracy after pruning."""
 
-    u: float
+    u: float | None
     channels: int
     acc: float
 
@@ -77,12 +78,12 @@ def choose_k(
     and keep the last k before validation ACC first falls more than ``max_acc_drop`` points below
     the unpruned model's (0 when k = 1 already does). Stopping at the first breach, rather than
     taking the largest k anywhere within budget, keeps a noisy curve from pruning past a cliff.
-    Returns (k, unpruned ACC, the curve measured; a point's ``u`` field holds k)."""
+    Returns (k, unpruned ACC, the curve measured)."""
     val_acc = _val_accuracy(model, result, val, max_acc_drop, device=device, batch_size=batch_size, normalize=normalize)
     base = val_acc({})
     chosen, curve = 0, []
     for k in grid if grid is not None else k_grid(result.channels_total):
-        point = CurvePoint(float(k), k, val_acc(result.top(k)))
+        point = CurvePoint(None, k, val_acc(result.top(k)))
         curve.append(point)
         if base - point.acc > max_acc_drop:
             break

@@ -87,7 +87,7 @@ def summary(rows: list[dict]) -> str:
                 sel = [r for r in rows if (r["ranking"], r["fill"], r["budget"]) == (ranking, fill, budget)]
                 bd = [r for r in sel if r["attack"] != "clean"]
                 cl = [r for r in sel if r["attack"] == "clean"]
-                ok = [r for r in bd if r["asr_after"] <= zoo.SUCCESS_ASR and r["acc_before"] - r["acc_after"] <= zoo.SUCCESS_DROP]
+                ok = [r for r in bd if zoo.succeeded(r)]
                 lines.append(
                     f"| {ranking} | {fill} | {budget:g} | {len(ok)}/{len(bd)} | {statistics.median(r['asr_after'] for r in bd):.1f} | "
                     f"{statistics.median(r['acc_before'] - r['acc_after'] for r in bd):.2f} | {max(r['acc_before'] - r['acc_after'] for r in cl):.2f} |"

@@ -149,7 +149,7 @@ def clp_loop_reference(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def clp_batched_only(model: torch.nn.Module, pairs: dict[str, str], device) -> dict[str, torch.Tensor]:
+def clp_score_math(model: torch.nn.Module, pairs: dict[str, str], device) -> dict[str, torch.Tensor]:
     from bdprune.methods.clp import channel_lipschitz
 
     mods = dict(model.named_modules())
@@ -177,23 +177,24 @@ def clp_bench(arch: str, device: torch.device, repeats: int) -> dict:
     pairs = pair_conv_bn(model).pairs
     with torch.inference_mode():
         whole = lambda: (METHODS.get("clp")().score(ScoreContext(model=model, stats=None, device=device)), sync(device))  # noqa: E731
-        svd = lambda: (clp_batched_only(model, pairs, device), sync(device))  # noqa: E731
-        gram = lambda: (clp_svdvals_previous(model, pairs, device), sync(device))  # noqa: E731
+        math_only = lambda: (clp_score_math(model, pairs, device), sync(device))  # noqa: E731
+        previous = lambda: (clp_svdvals_previous(model, pairs, device), sync(device))  # noqa: E731
         loop = lambda: clp_loop_reference(model)  # noqa: E731
-        ours, ref, cand = whole()[0], loop(), gram()[0]
+        ours, ref, before = whole()[0], loop(), previous()[0]
         diff = max(float((ours[k].cpu() - ref[k].double()).abs().max() / ref[k].double().abs().max()) for k in ours)
-        gram_diff = max(float((ours[k] - cand[k]).abs().max() / ours[k].abs().max()) for k in ours)
-        times = {"loop": [], "whole": [], "svd": [], "gram": []}
+        previous_diff = max(float((ours[k] - before[k]).abs().max() / ours[k].abs().max()) for k in ours)
+        times = {"loop": [], "whole": [], "math": [], "previous": []}
         for _ in range(repeats):
             times["loop"].append(timed(loop))
             times["whole"].append(timed(whole))
-            times["svd"].append(timed(svd))
-            times["gram"].append(timed(gram))
+            times["math"].append(timed(math_only))
+            times["previous"].append(timed(previous))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "arch": arch, "channels": sum(len(v) for v in ours.values()), "loop_s": med["loop"], "whole_s": med["whole"],
-        "svd_s": med["svd"], "speedup_whole": med["loop"] / med["whole"], "speedup_svd": med["loop"] / med["svd"],
-        "max_rel_diff": diff, "gram_s": med["gram"], "speedup_gram": med["loop"] / med["gram"], "gram_rel_diff": gram_diff,
+        "math_s": med["math"], "speedup_whole": med["loop"] / med["whole"], "speedup_math": med["loop"] / med["math"],
+        "max_rel_diff": diff, "previous_s": med["previous"], "speedup_previous": med["loop"] / med["previous"],
+        "previous_rel_diff": previous_diff,
     }
 
 
@@ -308,7 +309,7 @@ def help_wall_time(runs: int = 5) -> dict:
 # ---------------------------------------------------------------- driver
 
 def run(args) -> None:
-    from _report import write_section
+    from _report import provenance, write_section
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -328,7 +329,10 @@ def run(args) -> None:
     if parts != {"help", "clp", "entropy", "forward", "memory"} and out.exists():
         # A partial rerun replaces only its own tables; the others keep the earlier run's numbers.
         res = {**json.loads(out.read_text()), **{p: [] for p in parts if p != "help"}}
-        res.setdefault("reruns", []).append({"parts": sorted(parts), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        earlier = [r for r in res.get("reruns", []) if not set(r["parts"]) & parts]  # a rerun supersedes those it replaces
+        res["reruns"] = earlier + [{"parts": sorted(parts), "provenance": provenance(str(device)), "repeats": repeats}]
+    else:
+        res["provenance"], res["repeats"] = provenance(str(device)), repeats
     if "help" in parts:
         res["help"] = help_wall_time()
         log(f"bdprune --help: {res['help']['median_s']:.3f}s")
@@ -349,7 +353,7 @@ def run(args) -> None:
                 log(f"memory {res['memory'][-1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    body = report(res, device, repeats)
+    body = report(res, device)
     if args.quick:
         print(body)
     else:
@@ -357,13 +361,11 @@ def run(args) -> None:
         log(f"wrote RESULTS.md (speed-{device.type} section)")
 
 
-def report(res: dict, device: torch.device, repeats: int) -> str:
-    from _report import provenance
-
+def report(res: dict, device: torch.device) -> str:
     ok = lambda cond: "met" if cond else "**missed**"  # noqa: E731
-    lines = [f"## Speed and memory ({device.type})\n", provenance(str(device)), f"Median of {repeats} after a warm-up; batch {BATCH}.\n"]
+    lines = [f"## Speed and memory ({device.type})\n", res["provenance"], f"Median of {res['repeats']} after a warm-up; batch {BATCH}.\n"]
     for rerun in res.get("reruns", []):
-        lines.append(f"Partial rerun on {rerun['date']} (`--parts {','.join(rerun['parts'])}`): only those tables are from it; the others are from an earlier full run of the same command.\n")
+        lines.append(f"The tables {', '.join(rerun['parts'])} were rerun later, on their own (median of {rerun['repeats']}):\n\n{rerun['provenance']}")
     lines += ["### Statistics pass + scores vs a bare forward pass (target <= 1.10x)\n",
               "BNP (before) = the same pass with the previous hook (a float64 copy of each whole BN input and a second one for x*x), "
               "measured in the same run.\n",
@@ -379,7 +381,7 @@ def report(res: dict, device: torch.device, repeats: int) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["clp"]:
         lines.append(f"| {r['arch']} | {r['channels']} | {r['loop_s']:.3f} | {r['whole_s']:.4f} | {r['speedup_whole']:.1f}x ({ok(r['speedup_whole'] >= 20)}) | "
-                     f"{r['svd_s']:.4f} | {r['speedup_svd']:.1f}x | {r['max_rel_diff']:.1e} | {r['gram_s']:.4f} | {r['speedup_gram']:.1f}x | {r['gram_rel_diff']:.1e} |")
+                     f"{r['math_s']:.4f} | {r['speedup_math']:.1f}x | {r['max_rel_diff']:.1e} | {r['previous_s']:.4f} | {r['speedup_previous']:.1f}x | {r['previous_rel_diff']:.1e} |")
     lines += ["\n### EP entropy: vectorized vs per-bin Python loop (same standardized matrices, all layers)\n",
               "| arch | samples | layers | bins | loop s | bdprune s | speed-up | max abs. diff |", "|---|---|---|---|---|---|---|---|"]
     for r in res["entropy"]:

@@ -70,6 +70,16 @@ ASR_TOOK = 50.0
 SUCCESS_ASR, SUCCESS_DROP = 5.0, 2.0
 
 
+def backdoor_took(row: dict) -> bool:
+    """A measured row of a backdoored model whose backdoor took (ASR before >= ASR_TOOK)."""
+    return row["attack"] != "clean" and (row["asr_before"] or 0) >= ASR_TOOK
+
+
+def succeeded(row: dict) -> bool:
+    """Pruning removed the backdoor (ASR after <= SUCCESS_ASR) and kept the model (ACC drop <= SUCCESS_DROP)."""
+    return row["asr_after"] <= SUCCESS_ASR and row["acc_before"] - row["acc_after"] <= SUCCESS_DROP
+
+
 @dataclass
 class ModelSpec:
     name: str
@@ -260,9 +270,9 @@ def summarize(rows: list[dict]) -> str:
         for part in ("tune", "holdout", "all"):
             sel = [r for r in rows if r["method"] == method and (part == "all" or r["part"] == part)]
             bd = [r for r in sel if r["attack"] != "clean"]
-            took = [r for r in bd if (r["asr_before"] or 0) >= ASR_TOOK]
+            took = [r for r in bd if backdoor_took(r)]
             clean = [r for r in sel if r["attack"] == "clean"]
-            ok = [r for r in took if r["asr_after"] <= SUCCESS_ASR and r["acc_before"] - r["acc_after"] <= SUCCESS_DROP]
+            ok = [r for r in took if succeeded(r)]
             share = f"{len(ok)}/{len(took)} ({100 * len(ok) / len(took):.0f}%)" if took else "-"
             pct = [100 * r["pruned"] / r["channels"] for r in clean]
             lines.append(
@@ -279,7 +289,7 @@ def summarize(rows: list[dict]) -> str:
         cells = []
         n = 0
         for method in METHODS:
-            sel = [r for r in rows if r["method"] == method and r[key] == value and r["attack"] != "clean" and (r["asr_before"] or 0) >= ASR_TOOK]
+            sel = [r for r in rows if r["method"] == method and r[key] == value and backdoor_took(r)]
             n = len(sel)
             cells.append(_f(_med(r["asr_after"] for r in sel)))
         lines.append(f"| {key}={value} | {n} | " + " | ".join(cells) + " |")
@@ -303,8 +313,8 @@ def side_by_side(rows: list[dict], part: str = "holdout") -> str:
         lines.append(f"| {name} | {_f(first['acc_before'], 2)} / {_f(first['asr_before'])} | " + " | ".join(cells) + " |")
     for method in METHODS:
         sel = [r for r in rows if r["part"] == part and r["method"] == method]
-        took = [r for r in sel if r["attack"] != "clean" and (r["asr_before"] or 0) >= ASR_TOOK]
-        ok = [r for r in took if r["asr_after"] <= SUCCESS_ASR and r["acc_before"] - r["acc_after"] <= SUCCESS_DROP]
+        took = [r for r in sel if backdoor_took(r)]
+        ok = [r for r in took if succeeded(r)]
         clean = [r["acc_before"] - r["acc_after"] for r in sel if r["attack"] == "clean"]
         lines.append(
             f"\n{method} ({part}): backdoored models brought to ASR <= {SUCCESS_ASR:g}% with ACC drop <= {SUCCESS_DROP:g}: "
@@ -375,7 +385,8 @@ def run(args) -> None:
         f"(SGD, one-cycle LR 0.05, batch 128), width 16, 1 input channel. BNP: the {N_CLEAN} held-out clean images; "
         f"EP: a seeded {EP_SAMPLES}-image draw of the model's own poisoned training set; CLP: no data. "
         "Pruning through bdprune.core.prune_checkpoint from the saved scan JSON (benchmarks/cache/scans/). "
-        "Scan time includes loading the checkpoint; the machine was shared with other jobs (load average 5-6 on 2 cores), "
+        "Scan time includes loading the checkpoint (for bnp+ it is the time of its prune: the scan plus the search for k "
+        "on the clean samples); the machine was shared with other jobs (load average 5-6 on 2 cores), "
         "so times are indicative only.\n"
         + (
             "\nMeasurements were reused from benchmarks/cache/measure/ (each made by `python benchmarks/run.py zoo --arch NAME`, "

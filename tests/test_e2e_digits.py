@@ -26,6 +26,7 @@ POISON_RATE = 0.10
 WIDTH = 8
 EPOCHS = 12
 SEED = 0
+MODEL_ARGS = ["--arch", "smallcnn", "--arch-arg", f"width={WIDTH}"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,7 +113,7 @@ def reload(run) -> torch.nn.Module:
 
 def scan_json(run, *extra: str) -> tuple[int, dict]:
     result = CliRunner().invoke(
-        app, ["scan", str(run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--device", "cpu", "--format", "json", *extra]
+        app, ["scan", str(run["checkpoint"]), *MODEL_ARGS, "--device", "cpu", "--format", "json", *extra]
     )
     assert result.exit_code in (0, 1), result.stderr
     return result.exit_code, json.loads(result.stdout)
@@ -173,25 +174,20 @@ def test_scan_clp_without_data_matches_the_reference(digits_run):
 # --- the CI gate at defaults on real trained models ---------------------------------------
 
 def test_scan_at_defaults_fails_the_backdoored_model_and_passes_the_clean_one(digits_run, clean_digits_run):
-    """`bdprune scan MODEL --arch ... --data CLEAN` with no other option: the verdict (bnp's
-    largest KL against its calibrated threshold) is the exit code."""
+    """`bdprune scan MODEL --arch ... --data CLEAN` with no method, u or threshold given: the
+    verdict (bnp's largest KL against its calibrated threshold) is the exit code."""
     codes = {}
     for name, run in (("backdoored", digits_run), ("clean", clean_digits_run)):
-        result = CliRunner().invoke(
-            app, ["scan", str(run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(run["clean_npz"]), "-f", "json"]
-        )
-        report = json.loads(result.stdout)
+        code, report = scan_json(run, "--data", str(run["clean_npz"]))
         assert report["method"] == "bnp" and report["verdict"]["threshold"] == 0.075
-        assert (report["verdict"]["label"] == "suspicious") == (result.exit_code == 1)
-        codes[name] = result.exit_code
+        assert (report["verdict"]["label"] == "suspicious") == (code == 1)
+        codes[name] = code
     assert codes == {"backdoored": 1, "clean": 0}
 
 
 def test_exit_zero_reports_the_backdoored_model_but_exits_0(digits_run):
-    result = CliRunner().invoke(
-        app, ["scan", str(digits_run["checkpoint"]), "--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(digits_run["clean_npz"]), "-f", "json", "--exit-zero"]
-    )
-    assert result.exit_code == 0 and json.loads(result.stdout)["verdict"]["label"] == "suspicious"
+    code, report = scan_json(digits_run, "--data", str(digits_run["clean_npz"]), "--exit-zero")
+    assert code == 0 and report["verdict"]["label"] == "suspicious"
 
 
 # --- bnp+ end to end ------------------------------------------------------------------------
@@ -206,8 +202,10 @@ def test_prune_bnp_plus_keeps_the_budget_and_records_k_and_fill(digits_run, tmp_
     from bdprune.prune import read_pruned_channels
 
     out = tmp_path / "plus.safetensors"
-    common = ["--arch", "smallcnn", "--arch-arg", f"width={WIDTH}", "--data", str(digits_run["clean_npz"]), "--device", "cpu", "--method", "bnp+"]
-    result = CliRunner().invoke(app, ["prune", str(digits_run["checkpoint"]), *common, "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        ["prune", str(digits_run["checkpoint"]), *MODEL_ARGS, "--data", str(digits_run["clean_npz"]), "--device", "cpu", "--method", "bnp+", "-o", str(out)],
+    )
     assert result.exit_code == 0, result.stderr
     channels, meta = read_pruned_channels(out)
     k = int(meta["k"])

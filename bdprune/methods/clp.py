@@ -9,7 +9,7 @@ High UCLC is suspicious; pruning zeroes gamma and beta.
 All channels of a layer are done at once, in float64. The largest singular value of an m x n
 matrix A is the square root of the largest eigenvalue of its Gram matrix (A^T A, n x n, or
 A A^T when m < n): for a 3x3 conv that is a 9 x 9 symmetric matrix per channel, whose batched
-``eigvalsh`` is several times faster than ``svdvals`` on the C_in x 9 matrices and equal to it
+``eigvalsh`` is about twice as fast as ``svdvals`` on the C_in x 9 matrices and equal to it
 within float64 rounding (1e-15 relative on resnet18/50, benchmarks/RESULTS.md). A matrix with
 one row or one column (1x1 convs, Linear) needs no decomposition: its norm is its singular value.
 """

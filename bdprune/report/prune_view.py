@@ -20,7 +20,8 @@ def print_prune(outcome, console: Console | None = None) -> None:
             curve.add_column(col, justify="right")
         for p in outcome.curve:
             chosen = p.channels == outcome.k if by_k else p.u == outcome.u
-            curve.add_row(f"{p.u:g}", str(p.channels), f"{p.acc:.2f}", f"{outcome.base_acc - p.acc:+.2f}", style="bold green" if chosen else None)
+            step = str(p.channels) if by_k else f"{p.u:g}"
+            curve.add_row(step, str(p.channels), f"{p.acc:.2f}", f"{outcome.base_acc - p.acc:+.2f}", style="bold green" if chosen else None)
         console.print(curve)
     how = "weight zeroed, bias set to the clean mean output" if outcome.filled else f"zeroed {' and '.join(outcome.params)}"
     table = Table(title=f"Pruned channels ({outcome.method}: {how})")

@@ -16,7 +16,7 @@ from bdprune.methods.bnp import BNP
 from bdprune.methods.bnp_plus import BNPPlus, clean_output_mean
 from bdprune.data import ImageSet
 from bdprune.prune import mask_model
-from bdprune.scan import LoadedModel, score_model
+from bdprune.scan import load_model, score_model
 from bdprune.scoring import flag_network
 from bdprune.stats import bn_layers, collect_stats
 from bdprune.tune import choose_k, k_grid
@@ -26,16 +26,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 
 
-def scan(model, images, u=3.0):
-    loaded = LoadedModel(model=model, checkpoint=_FakeCheckpoint(), arch="test", spec=None)
+def scan(saved, images, u=3.0):
+    """A bnp+ scan of the saved checkpoint, through bdprune's own loader."""
+    loaded = load_model(saved.path, saved.arch, arch_args=saved.arch_args)
     return score_model(loaded, "bnp+", data=ImageSet(images, None, "test.npz"), u=u, device="cpu", show_progress=False)
-
-
-class _FakeCheckpoint:
-    """The two attributes score_model reads from a checkpoint."""
-
-    path = "test.pt"
-    notes: list[str] = []
 
 
 def test_registered_as_network_ranked_with_bnps_scores(bn_model, clean_images):
@@ -50,7 +44,7 @@ def test_registered_as_network_ranked_with_bnps_scores(bn_model, clean_images):
         assert torch.equal(plus[layer], bnp[layer])
 
 
-def test_fill_is_the_mean_bn_output_on_the_clean_images(bn_model, clean_images):
+def test_fill_is_the_mean_bn_output_on_the_clean_images(bn_model, bn_checkpoint, clean_images):
     """Slow reference: run the images, keep every BN layer's output, average it per channel."""
     outputs: dict[str, list[np.ndarray]] = {}
     handles = [
@@ -61,7 +55,7 @@ def test_fill_is_the_mean_bn_output_on_the_clean_images(bn_model, clean_images):
         bn_model.eval()(clean_images)
     for h in handles:
         h.remove()
-    fill = scan(bn_model, clean_images).fill
+    fill = scan(bn_checkpoint, clean_images).fill
     assert list(fill) == bn_names(bn_model)
     for name, chunks in outputs.items():
         out = np.concatenate(chunks)
@@ -75,8 +69,8 @@ def test_clean_output_mean_by_hand():
     assert clean_output_mean(t(3.0), t(1.0), t(4.0), t(2.0), t(0.5), 0.0).item() == pytest.approx(2.5)
 
 
-def test_a_filled_channel_outputs_its_fill_constantly(bn_model, clean_images):
-    result = scan(bn_model, clean_images)
+def test_a_filled_channel_outputs_its_fill_constantly(bn_model, bn_checkpoint, clean_images):
+    result = scan(bn_checkpoint, clean_images)
     layer, channel, *_ = result.ranked()[0]
     pruned = copy.deepcopy(bn_model)
     mask_model(pruned, {layer: [channel]}, result.pruned_params, result.fill)
@@ -106,8 +100,8 @@ def test_network_flags_and_z_match_a_slow_reference():
     assert flag_network(raw, 3.0)[1].flagged == [2] and flag_network(raw, 3.0)[0].flagged == []
 
 
-def test_top_k_is_the_k_highest_scores_of_the_whole_network(bn_model, clean_images):
-    result = scan(bn_model, clean_images)
+def test_top_k_is_the_k_highest_scores_of_the_whole_network(bn_checkpoint, clean_images):
+    result = scan(bn_checkpoint, clean_images)
     everything = sorted(((s, layer.name, c) for layer in result.layers for c, s in enumerate(layer.scores)), reverse=True)
     for k in (1, 3, 10):
         expected: dict[str, list[int]] = {}
@@ -122,13 +116,13 @@ def test_k_grid_by_hand():
 
 
 @pytest.mark.parametrize("budget", [0.0, 12.0, 30.0])  # k = 0, 1 and 4 on this model
-def test_choose_k_keeps_the_last_k_before_the_first_breach(bn_model, clean_images, budget):
+def test_choose_k_keeps_the_last_k_before_the_first_breach(bn_model, bn_checkpoint, clean_images, budget):
     """Reference: prune each k of the grid on a copy, measure ACC, stop at the first breach.
     Labels are the unpruned model's own predictions, so the unpruned ACC is 100%."""
     with torch.no_grad():
         labels = bn_model.eval()(clean_images).argmax(1)
     val = ImageSet(clean_images, labels, "val.npz")
-    result = scan(bn_model, clean_images)
+    result = scan(bn_checkpoint, clean_images)
     grid = [1, 2, 4, 8, 16, 32]
     k, base, curve = choose_k(bn_model, result, val, budget, device=CPU, grid=grid)
     assert base == 100.0
@@ -146,9 +140,9 @@ def test_choose_k_keeps_the_last_k_before_the_first_breach(bn_model, clean_image
     assert k == expected_k
 
 
-def test_the_fixture_model_has_bn_inputs_to_rank(bn_model, clean_images):
+def test_the_fixture_model_has_bn_inputs_to_rank(bn_model, bn_checkpoint, clean_images):
     # guards the tests above against a degenerate fixture (all scores equal would make them vacuous)
     inputs = capture_bn_inputs(bn_model, clean_images)
     assert len(inputs) >= 2
-    result = scan(bn_model, clean_images)
+    result = scan(bn_checkpoint, clean_images)
     assert len({round(s, 12) for layer in result.layers for s in layer.scores}) > 10
