@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -56,15 +57,6 @@ TRIGGERS = {
     },
 }
 SEED_BASE = {"tune": 0, "holdout": 100}
-# Cut to stay in the CPU budget (the two ResNets train ~5x slower than the VGG on a shared
-# 2-core machine): these backdoored ResNet models are not trained. Each ResNet keeps its three
-# clean seeds and at least one model per attack (rates 1/5/10% still all covered, both parts).
-DROPPED = {
-    "tune-preactresnet18-sig-r01-t2-s15",
-    "holdout-preactresnet18-blended-r01-t3-s114",
-    "tune-resnet18-blended-r05-t5-s11",
-    "holdout-resnet18-sig-r01-t4-s112",
-}
 # A backdoor "took" when the trained model's ASR is at least this; others are listed, not scored.
 ASR_TOOK = 50.0
 SUCCESS_ASR, SUCCESS_DROP = 5.0, 2.0
@@ -90,9 +82,16 @@ class ModelSpec:
     target: int | None
     trigger: str | None
     seed: int
+    epochs: int = EPOCHS
 
 
-def zoo_specs() -> list[ModelSpec]:
+def zoo_dir(epochs: int = EPOCHS) -> Path:
+    """Where a zoo trained for ``epochs`` keeps its models, scans and measurements (the data
+    split is shared): cache/ for the default, cache/epochs<N>/ for another length."""
+    return CACHE if epochs == EPOCHS else CACHE / f"epochs{epochs}"
+
+
+def zoo_specs(epochs: int = EPOCHS) -> list[ModelSpec]:
     """The whole zoo, in training order (cheapest architecture first)."""
     specs = []
     for a, arch in enumerate(ARCHS):
@@ -100,16 +99,16 @@ def zoo_specs() -> list[ModelSpec]:
             base = SEED_BASE[part]
             clean_seeds = (base, base + 1) if part == "tune" else (base,)
             for seed in clean_seeds:
-                specs.append(ModelSpec(f"{part}-{arch}-clean-s{seed}", part, arch, "clean", 0.0, None, None, seed))
+                specs.append(ModelSpec(f"{part}-{arch}-clean-s{seed}", part, arch, "clean", 0.0, None, None, seed, epochs))
             shift = 0 if part == "tune" else 1
             for k, attack in enumerate(ATTACKS):
                 rate = RATES[(a + k + shift) % len(RATES)]
                 target = (3 * a + 4 * k + 5 * shift + 1) % 10
                 seed = base + 10 + 3 * a + k
                 name = f"{part}-{arch}-{attack}-r{round(rate * 100):02d}-t{target}-s{seed}"
-                specs.append(ModelSpec(name, part, arch, attack, rate, target, TRIGGERS[part][attack], seed))
+                specs.append(ModelSpec(name, part, arch, attack, rate, target, TRIGGERS[part][attack], seed, epochs))
     order = {arch: i for i, arch in enumerate(("vgg11_bn1d", "preactresnet18", "resnet18"))}
-    return sorted((s for s in specs if s.name not in DROPPED), key=lambda s: order[s.arch])
+    return sorted(specs, key=lambda s: order[s.arch])
 
 
 # ---------------------------------------------------------------- data
@@ -138,7 +137,7 @@ def split_data() -> dict[str, torch.Tensor]:
 
 
 def model_path(spec: ModelSpec) -> Path:
-    return CACHE / "models" / f"{spec.name}.safetensors"
+    return zoo_dir(spec.epochs) / "models" / f"{spec.name}.safetensors"
 
 
 def poisoned_training_set(spec: ModelSpec, data: dict[str, torch.Tensor]):
@@ -177,12 +176,12 @@ def train_one(spec: ModelSpec, data: dict[str, torch.Tensor], log) -> dict:
     # EP's data: a seeded 2,000-sample draw of this model's own (poisoned) training set.
     g = torch.Generator().manual_seed(spec.seed)
     pick = torch.randperm(len(x), generator=g)[:EP_SAMPLES].sort().values
-    ep_path = CACHE / "epdata" / f"{spec.name}.npz"
+    ep_path = zoo_dir(spec.epochs) / "epdata" / f"{spec.name}.npz"
     ep_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(ep_path, images=x[pick].numpy(), labels=y[pick].numpy(), poisoned=mask[pick].numpy())
     model, _ = build_model(spec.arch, None, arch_args={**ARCH_ARGS, "in_channels": "1"})
     t0 = time.perf_counter()
-    train_classifier(model, x, y, epochs=EPOCHS, seed=spec.seed)
+    train_classifier(model, x, y, epochs=spec.epochs, seed=spec.seed)
     train_s = time.perf_counter() - t0
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(model_path(spec)))
@@ -191,7 +190,6 @@ def train_one(spec: ModelSpec, data: dict[str, torch.Tensor], log) -> dict:
         **asdict(spec),
         "arch_args": ARCH_ARGS,
         "in_channels": 1,
-        "epochs": EPOCHS,
         "train_images": len(x),
         "poisoned_images": int(mask.sum()),
         "ep_draw_poisoned": int(mask[pick].sum()),
@@ -213,7 +211,7 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
     data, samples = {
         "bnp": (CACHE / "clean.npz", N_CLEAN),
         "bnp+": (CACHE / "clean.npz", N_CLEAN),
-        "ep": (CACHE / "epdata" / f"{spec.name}.npz", EP_SAMPLES),
+        "ep": (zoo_dir(spec.epochs) / "epdata" / f"{spec.name}.npz", EP_SAMPLES),
         "clp": (None, 500),
     }[method]
     t0 = time.perf_counter()
@@ -222,10 +220,10 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
         device="cpu", arch_args=ARCH_ARGS, show_progress=False,
     )
     scan_s = time.perf_counter() - t0
-    scan_path = CACHE / "scans" / f"{spec.name}__{method}.json"
+    scan_path = zoo_dir(spec.epochs) / "scans" / f"{spec.name}__{method}.json"
     scan_path.parent.mkdir(parents=True, exist_ok=True)
     scan_path.write_text(json.dumps(result.to_dict(), indent=1))
-    out = CACHE / "pruned" / f"{spec.name}__{method}.safetensors"
+    out = zoo_dir(spec.epochs) / "pruned" / f"{spec.name}__{method}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     if method == "bnp+":  # the prune count comes from its clean-accuracy budget, not from the scan's u
         t0 = time.perf_counter()
@@ -243,6 +241,7 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
         "target": spec.target, "method": method, "acc_before": meta["acc"], "asr_before": meta["asr"],
         "acc_after": acc, "asr_after": asr, "pruned": pruned, "channels": result.channels_total,
         "scan_seconds": scan_s, "samples": result.samples,
+        "verdict": result.verdict.label, "statistic": result.verdict.statistic,
     }
 
 
@@ -264,8 +263,9 @@ def summarize(rows: list[dict]) -> str:
         f"A backdoor *took* when the trained model's ASR is >= {ASR_TOOK:g}%; success = ASR after <= "
         f"{SUCCESS_ASR:g}% with ACC drop <= {SUCCESS_DROP:g} points. Medians over backdoored models that took.\n"
     )
-    lines.append("| method | part | backdoored (took) | median ASR after | median ACC drop | success | clean models: channels pruned, median (max) | clean: median ACC drop | median scan time (s) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("Verdict: the checkpoint-level verdict of `scan` at its default threshold (the CI gate's exit 1).\n")
+    lines.append("| method | part | backdoored (took) | median ASR after | median ACC drop | success | ASR after <= 5% (any ACC drop) | clean models: channels pruned, median (max) | clean: median ACC drop | verdict: backdoored caught | verdict: clean flagged | median scan time (s) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in METHODS:
         for part in ("tune", "holdout", "all"):
             sel = [r for r in rows if r["method"] == method and (part == "all" or r["part"] == part)]
@@ -274,17 +274,21 @@ def summarize(rows: list[dict]) -> str:
             clean = [r for r in sel if r["attack"] == "clean"]
             ok = [r for r in took if succeeded(r)]
             share = f"{len(ok)}/{len(took)} ({100 * len(ok) / len(took):.0f}%)" if took else "-"
+            removed = sum(r["asr_after"] <= SUCCESS_ASR for r in took)
             pct = [100 * r["pruned"] / r["channels"] for r in clean]
+            caught = sum(r["verdict"] == "suspicious" for r in took)
+            alarms = sum(r["verdict"] == "suspicious" for r in clean)
             lines.append(
                 f"| {method} | {part} | {len(bd)} ({len(took)}) | {_f(_med(r['asr_after'] for r in took))} | "
-                f"{_f(_med(r['acc_before'] - r['acc_after'] for r in took), 2)} | {share} | "
+                f"{_f(_med(r['acc_before'] - r['acc_after'] for r in took), 2)} | {share} | {removed}/{len(took)} | "
                 f"{_f(_med(pct), 2)}% ({_f(max(pct) if pct else None, 2)}%) | "
-                f"{_f(_med(r['acc_before'] - r['acc_after'] for r in clean), 2)} | {_f(_med(r['scan_seconds'] for r in sel), 2)} |"
+                f"{_f(_med(r['acc_before'] - r['acc_after'] for r in clean), 2)} | {caught}/{len(took)} | {alarms}/{len(clean)} | "
+                f"{_f(_med(r['scan_seconds'] for r in sel), 2)} |"
             )
-    lines.append("\n### Median ASR after pruning, by attack and by architecture (backdoors that took, both parts)\n")
-    groups = [("attack", a) for a in ATTACKS] + [("arch", a) for a in ARCHS]
-    lines.append("| group | n | " + " | ".join(METHODS) + " |")
-    lines.append("|---|---|" + "---|" * len(METHODS))
+    lines.append("\n### Median ASR after pruning, by attack, architecture and poisoning rate (backdoors that took, both parts)\n")
+    groups = [("attack", a) for a in ATTACKS] + [("arch", a) for a in ARCHS] + [("rate", r) for r in RATES]
+    lines.append("| group | n | " + " | ".join(METHODS) + " | bnp verdict: caught |")
+    lines.append("|---|---|" + "---|" * (len(METHODS) + 1))
     for key, value in groups:
         cells = []
         n = 0
@@ -292,7 +296,10 @@ def summarize(rows: list[dict]) -> str:
             sel = [r for r in rows if r["method"] == method and r[key] == value and backdoor_took(r)]
             n = len(sel)
             cells.append(_f(_med(r["asr_after"] for r in sel)))
-        lines.append(f"| {key}={value} | {n} | " + " | ".join(cells) + " |")
+            if method == "bnp":
+                caught = f"{sum(r['verdict'] == 'suspicious' for r in sel)}/{n}"
+        label = f"{value:.0%}" if key == "rate" else value
+        lines.append(f"| {key}={label} | {n} | " + " | ".join(cells) + f" | {caught} |")
     return "\n".join(lines)
 
 
@@ -325,13 +332,14 @@ def side_by_side(rows: list[dict], part: str = "holdout") -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | method | ACC before | ASR before | ACC after | ASR after | pruned (% of channels) | scan s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | method | ACC before | ASR before | ACC after | ASR after | pruned (% of channels) | verdict (statistic) | scan s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['method']} | {_f(r['acc_before'], 2)} | {_f(r['asr_before'])} | {_f(r['acc_after'], 2)} | "
-            f"{_f(r['asr_after'])} | {r['pruned']}/{r['channels']} ({100 * r['pruned'] / r['channels']:.2f}%) | {r['scan_seconds']:.2f} |"
+            f"{_f(r['asr_after'])} | {r['pruned']}/{r['channels']} ({100 * r['pruned'] / r['channels']:.2f}%) | "
+            f"{r['verdict']} ({r['statistic']:.3g}) | {r['scan_seconds']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -340,8 +348,11 @@ def run(args) -> None:
     from _report import provenance, write_section
 
     torch.set_num_threads(args.threads)
-    log_path = CACHE / "zoo.log"
-    CACHE.mkdir(parents=True, exist_ok=True)
+    epochs = getattr(args, "epochs", EPOCHS)
+    here = zoo_dir(epochs)
+    here.mkdir(parents=True, exist_ok=True)
+    log_path = here / "zoo.log"
+    load = os.getloadavg()[0]
 
     def log(msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
@@ -350,7 +361,7 @@ def run(args) -> None:
             f.write(line + "\n")
 
     data = split_data()
-    specs = [s for s in zoo_specs() if args.part in (None, s.part) and (not args.arch or s.arch in args.arch)]
+    specs = [s for s in zoo_specs(epochs) if args.part in (None, s.part) and (not args.arch or s.arch in args.arch)]
     t0 = time.perf_counter()
     metas = {s.name: train_one(s, data, log) for s in specs}
     log(f"zoo ready: {len(specs)} models ({time.perf_counter() - t0:.0f}s)")
@@ -359,7 +370,7 @@ def run(args) -> None:
     rows = []
     for s in specs:
         for method in METHODS:
-            cached = CACHE / "measure" / f"{s.name}__{method}.json"
+            cached = here / "measure" / f"{s.name}__{method}.json"
             if args.reuse_measurements and cached.exists():
                 rows.append(json.loads(cached.read_text()))
                 continue
@@ -369,7 +380,7 @@ def run(args) -> None:
             r = rows[-1]
             log(f"{s.name} {method}: ACC {r['acc_before']:.2f}->{r['acc_after']:.2f} ASR {_f(r['asr_before'])}->{_f(r['asr_after'])} "
                 f"pruned {r['pruned']}/{r['channels']} ({r['scan_seconds']:.1f}s)")
-    (CACHE / "zoo_results.json").write_text(json.dumps(rows, indent=1))
+    (here / "zoo_results.json").write_text(json.dumps(rows, indent=1))
     models = "\n".join(
         f"| {m['name']} | {m['part']} | {m['arch']} | {m['attack']} | {m['trigger'] or '-'} | "
         f"{round(m['rate'] * 100)}% | {'-' if m['target'] is None else m['target']} | {m['seed']} | {m['train_seconds']} |"
@@ -377,20 +388,20 @@ def run(args) -> None:
     )
     took = [m for m in metas.values() if m["attack"] != "clean" and (m["asr"] or 0) < ASR_TOOK]
     body = (
-        "## Efficacy zoo (MNIST digits; bnp, ep, clp at u = 3; bnp+ at its defaults)\n\n"
+        f"## Efficacy zoo{'' if epochs == EPOCHS else f', trained {epochs} epochs'} (MNIST digits; bnp, ep, clp at u = 3; bnp+ at its defaults)\n\n"
         + provenance("cpu")
         + f"\nData: {DATA} split by seed {SPLIT_SEED} into {N_CLEAN} held-out clean (BNP's samples, never trained on), "
         f"{N_TEST} test (ACC; ASR on the test images whose label is not the target) and 8,000 training images "
-        f"of which the first {len(data['train_y'])} are used (indices in benchmarks/cache/split.npz). Each model trained {EPOCHS} epochs with bdprune.training.train_classifier "
+        f"of which the first {len(data['train_y'])} are used (indices in benchmarks/cache/split.npz). Each model trained {epochs} epochs with bdprune.training.train_classifier "
         f"(SGD, one-cycle LR 0.05, batch 128), width 16, 1 input channel. BNP: the {N_CLEAN} held-out clean images; "
         f"EP: a seeded {EP_SAMPLES}-image draw of the model's own poisoned training set; CLP: no data. "
         "Pruning through bdprune.core.prune_checkpoint from the saved scan JSON (benchmarks/cache/scans/). "
         "Scan time includes loading the checkpoint (for bnp+ it is the time of its prune: the scan plus the search for k "
-        "on the clean samples); the machine was shared with other jobs (load average 5-6 on 2 cores), "
-        "so times are indicative only.\n"
+        f"on the clean samples). Load average when the run started: {load:.1f} on {os.cpu_count()} CPUs; "
+        "times are indicative only.\n"
         + (
-            "\nMeasurements were reused from benchmarks/cache/measure/ (each made by `python benchmarks/run.py zoo --arch NAME`, "
-            "the three architectures in parallel, same code); a plain `python benchmarks/run.py zoo` re-measures every model.\n"
+            f"\nMeasurements were reused from {here.relative_to(HERE.parent)}/measure/, made by an earlier run of the same command "
+            "without --reuse-measurements (or with --arch NAME, one architecture per process; same code).\n"
             if args.reuse_measurements else ""
         )
         + "\n"
@@ -402,7 +413,8 @@ def run(args) -> None:
         + "\n\n### Every model and method\n\n" + table(rows) + "\n"
     )
     if args.part is None and not args.arch:
-        write_section("zoo", body)
-        log("wrote RESULTS.md (zoo section)")
+        section = "zoo" if epochs == EPOCHS else f"zoo-epochs{epochs}"
+        write_section(section, body)
+        log(f"wrote RESULTS.md ({section} section)")
     else:
         print(body)

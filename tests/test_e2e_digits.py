@@ -124,7 +124,7 @@ def check_against(report: dict, reference: dict[str, np.ndarray], u: float, *, l
     expected_flags = {}
     for layer in report["layers"]:
         ref = reference[layer["name"]]
-        np.testing.assert_allclose(layer["scores"], ref, rtol=1e-6, atol=0, err_msg=layer["name"])
+        np.testing.assert_allclose(layer["scores"], ref, rtol=1e-6, atol=1e-8, err_msg=layer["name"])
         mean, std = ref.mean(), ref.std(ddof=1)
         flags = np.nonzero(ref < mean - u * std if low else ref > mean + u * std)[0].tolist()
         assert layer["flagged"] == flags, layer["name"]

@@ -55,7 +55,8 @@ def test_scores_match_the_slow_reference(bn_model, clean_images):
     assert set(scores) == set(reference) == {"bn1", "bn2", "bn3", "bn4"}
     for name, ref in reference.items():
         assert scores[name].dtype == torch.float64 and scores[name].shape == (len(ref),)
-        np.testing.assert_allclose(scores[name].numpy(), ref, rtol=1e-6, atol=0)
+        # float32 BN inputs are summed in float32 chunks: KL agrees to 1e-8 absolute
+        np.testing.assert_allclose(scores[name].numpy(), ref, rtol=1e-6, atol=1e-8)
         assert (ref > 0).all()  # the check is not vacuous: clean data differ from the running stats
 
 
