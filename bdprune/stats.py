@@ -65,6 +65,8 @@ def moment_sums(x: Tensor) -> tuple[Tensor, Tensor]:
     1e-7; float64 inputs are summed in float64). Converting the input to float64 instead cost
     more than the conv before it on CPU. On other devices the whole input is one chunk.
     """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # half-precision sums would round at 1e-3
     n, c = x.shape[0], x.shape[1]
     v = x.reshape(n, c, -1)
     per = n if x.device.type != "cpu" else max(1, CHUNK_ELEMENTS // max(1, v[0].numel()))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bdprune.errors import BdpruneError
-from bdprune.stats import LayerStats, bn_layers, collect_stats
+from bdprune.stats import LayerStats, bn_layers, collect_stats, moment_sums
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -153,3 +153,12 @@ def test_layer_stats_variance_of_a_constant_channel_is_zero_not_negative():
     layer = LayerStats(channels=1, count=1000, sum=value * 1000, sumsq=value * value * 1000)
     assert float(layer.var) >= 0.0
     assert float(layer.var) < 1e-15
+
+
+def test_half_precision_inputs_are_summed_in_float32():
+    # float16 sums would round at 1e-3; the half values themselves are the reference.
+    x = (3.0 + 0.1 * torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(1))).half()
+    total, total_sq = moment_sums(x)
+    exact = x.double()
+    rel_close(total, exact.sum((0, 2, 3)), 1e-6)
+    rel_close(total_sq, (exact * exact).sum((0, 2, 3)), 1e-6)
