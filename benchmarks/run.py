@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     z.add_argument("--part", choices=("tune", "holdout"), help="only this part (prints, does not write RESULTS.md)")
     z.add_argument("--arch", action="append", help="only this architecture (repeatable; prints only)")
     z.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    z.add_argument("--epochs", type=int, default=2, help="training epochs (default 2; another length gets its own cache and RESULTS.md section)")
+    z.add_argument("--epochs", type=int, default=None, help="training epochs (default: zoo.EPOCHS, 2; another length gets its own cache and RESULTS.md section)")
     z.add_argument("--reuse-measurements", action="store_true",
                    help="reuse cached per-model measurements (cache/measure/) instead of re-measuring")
     t = sub.add_parser("bnp-plus-tune", help="choose bnp+'s ranking, fill and budget on the zoo's tune part (prints)")

@@ -84,6 +84,11 @@ class ModelSpec:
     seed: int
     epochs: int = EPOCHS
 
+    @property
+    def cache(self) -> Path:
+        """This model's cache directory (depends on its training length)."""
+        return zoo_dir(self.epochs)
+
 
 def zoo_dir(epochs: int = EPOCHS) -> Path:
     """Where a zoo trained for ``epochs`` keeps its models, scans and measurements (the data
@@ -137,7 +142,12 @@ def split_data() -> dict[str, torch.Tensor]:
 
 
 def model_path(spec: ModelSpec) -> Path:
-    return zoo_dir(spec.epochs) / "models" / f"{spec.name}.safetensors"
+    return spec.cache / "models" / f"{spec.name}.safetensors"
+
+
+def ep_data_path(spec: ModelSpec) -> Path:
+    """EP's samples for ``spec``: a seeded draw of its own (poisoned) training set."""
+    return spec.cache / "epdata" / f"{spec.name}.npz"
 
 
 def poisoned_training_set(spec: ModelSpec, data: dict[str, torch.Tensor]):
@@ -176,7 +186,7 @@ def train_one(spec: ModelSpec, data: dict[str, torch.Tensor], log) -> dict:
     # EP's data: a seeded 2,000-sample draw of this model's own (poisoned) training set.
     g = torch.Generator().manual_seed(spec.seed)
     pick = torch.randperm(len(x), generator=g)[:EP_SAMPLES].sort().values
-    ep_path = zoo_dir(spec.epochs) / "epdata" / f"{spec.name}.npz"
+    ep_path = ep_data_path(spec)
     ep_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(ep_path, images=x[pick].numpy(), labels=y[pick].numpy(), poisoned=mask[pick].numpy())
     model, _ = build_model(spec.arch, None, arch_args={**ARCH_ARGS, "in_channels": "1"})
@@ -211,7 +221,7 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
     data, samples = {
         "bnp": (CACHE / "clean.npz", N_CLEAN),
         "bnp+": (CACHE / "clean.npz", N_CLEAN),
-        "ep": (zoo_dir(spec.epochs) / "epdata" / f"{spec.name}.npz", EP_SAMPLES),
+        "ep": (ep_data_path(spec), EP_SAMPLES),
         "clp": (None, 500),
     }[method]
     t0 = time.perf_counter()
@@ -220,10 +230,10 @@ def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
         device="cpu", arch_args=ARCH_ARGS, show_progress=False,
     )
     scan_s = time.perf_counter() - t0
-    scan_path = zoo_dir(spec.epochs) / "scans" / f"{spec.name}__{method}.json"
+    scan_path = spec.cache / "scans" / f"{spec.name}__{method}.json"
     scan_path.parent.mkdir(parents=True, exist_ok=True)
     scan_path.write_text(json.dumps(result.to_dict(), indent=1))
-    out = zoo_dir(spec.epochs) / "pruned" / f"{spec.name}__{method}.safetensors"
+    out = spec.cache / "pruned" / f"{spec.name}__{method}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     if method == "bnp+":  # the prune count comes from its clean-accuracy budget, not from the scan's u
         t0 = time.perf_counter()
@@ -348,7 +358,7 @@ def run(args) -> None:
     from _report import provenance, write_section
 
     torch.set_num_threads(args.threads)
-    epochs = getattr(args, "epochs", EPOCHS)
+    epochs = getattr(args, "epochs", None) or EPOCHS  # `run.py all` has no --epochs
     here = zoo_dir(epochs)
     here.mkdir(parents=True, exist_ok=True)
     log_path = here / "zoo.log"
@@ -395,7 +405,7 @@ def run(args) -> None:
         f"of which the first {len(data['train_y'])} are used (indices in benchmarks/cache/split.npz). Each model trained {epochs} epochs with bdprune.training.train_classifier "
         f"(SGD, one-cycle LR 0.05, batch 128), width 16, 1 input channel. BNP: the {N_CLEAN} held-out clean images; "
         f"EP: a seeded {EP_SAMPLES}-image draw of the model's own poisoned training set; CLP: no data. "
-        "Pruning through bdprune.core.prune_checkpoint from the saved scan JSON (benchmarks/cache/scans/). "
+        f"Pruning through bdprune.core.prune_checkpoint from the saved scan JSON ({here.relative_to(HERE.parent)}/scans/). "
         "Scan time includes loading the checkpoint (for bnp+ it is the time of its prune: the scan plus the search for k "
         f"on the clean samples). Load average when the run started: {load:.1f} on {os.cpu_count()} CPUs; "
         "times are indicative only.\n"
