@@ -1,4 +1,4 @@
-"""Backdoor triggers: BadNets patches, Blended images/noise and SIG sinusoids.
+"""Backdoor triggers: BadNets patches, Blended images/noise, SIG sinusoids and WaNet warps.
 
 A trigger is anything with ``apply(images)`` and ``describe()`` (see :class:`Trigger`). Images
 are float tensors ``N x C x H x W`` with values in ``[0, 1]`` (not normalized); ``apply``
@@ -26,6 +26,16 @@ Triggers are written as specs, ``kind:key=value,key=value,flag`` (a bare word is
 ``sig:delta=0.08,freq=6``
     SIG (Barni et al. 2019): ``x' = clip(x + delta sin(2 pi j freq / W), 0, 1)`` for column
     j, the same for every row and channel. Defaults delta 0.08 (about 20/255), freq 6.
+``warp:k=4,s=0.5,seed=0``
+    WaNet (Nguyen and Tran, ICLR 2021): resample every image through one fixed, smooth warping
+    field. A ``2 x k x k`` field is drawn uniform in [-1, 1] from
+    ``torch.Generator().manual_seed(seed)``, divided by its mean absolute value, upsampled to
+    H x W (bicubic, ``align_corners=True``) and added, times ``s / H``, to the identity sampling
+    grid in ``grid_sample``'s [-1, 1] coordinates (both axes scaled by ``1 / H``, as WaNet's code
+    does); the grid is clamped to [-1, 1] and the images resampled bilinearly
+    (``align_corners=True``, so ``s = 0`` returns the images unchanged up to float rounding).
+    A pixel moves by at most about ``s`` pixels (about ``s / 4`` on average for k = 4). Defaults k 4, s 0.5, seed 0 (WaNet's CIFAR-10 settings; small
+    models on few images learn a stronger ``s`` more easily). No noise mode.
 
 Image paths are relative to ``base_dir`` when one is given. Image files are read when the
 spec is parsed; patterns that depend on the images' size are built on the first ``apply``
@@ -46,13 +56,14 @@ from torch import Tensor
 
 from .errors import BdpruneError
 
-__all__ = ["Trigger", "PatchTrigger", "BlendTrigger", "SigTrigger", "parse_trigger", "FORMS"]
+__all__ = ["Trigger", "PatchTrigger", "BlendTrigger", "SigTrigger", "WarpTrigger", "parse_trigger", "FORMS"]
 
 FORMS = {
     "patch": "patch:size=N[,pos=tl|tr|bl|br|X:Y][,margin=M][,color=G|#rrggbb|R:G:B][,checker]"
     " or patch:image=FILE[,pos=...][,margin=M]",
     "blend": "blend:image=FILE[,alpha=A] or blend:noise[,seed=S][,alpha=A] with A in [0,1]",
     "sig": "sig:[delta=D][,freq=F] with D in [0,1] and F > 0",
+    "warp": "warp:[k=K][,s=S][,seed=N] with K >= 2 and S >= 0",
 }
 _ALL_FORMS = "expected one of " + "; ".join(FORMS.values())
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL uses for RGB -> L
@@ -348,6 +359,42 @@ class SigTrigger:
         return f"sig:delta={_fmt(self.delta)},freq={_fmt(self.freq)}"
 
 
+class WarpTrigger:
+    """WaNet: resample every image through one fixed smooth random warping field."""
+
+    def __init__(self, spec: str, *, k: int = 4, s: float = 0.5, seed: int = 0):
+        self.spec, self.k, self.s, self.seed = spec, k, s, seed
+        self._cache: dict[tuple[int, int], Tensor] = {}
+
+    def field(self) -> Tensor:
+        """The ``1 x 2 x k x k`` control field, uniform in [-1, 1], mean absolute value 1."""
+        gen = torch.Generator().manual_seed(self.seed)
+        ins = torch.rand((1, 2, self.k, self.k), generator=gen, dtype=torch.float32) * 2 - 1
+        return ins / ins.abs().mean()
+
+    def grid(self, h: int, w: int) -> Tensor:
+        """The ``1 x H x W x 2`` sampling grid (x, y) in [-1, 1] for ``grid_sample`` (cached)."""
+        key = (h, w)
+        if key not in self._cache:
+            noise = F.interpolate(self.field(), size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+            identity = torch.stack((xs, ys), dim=-1)[None]
+            self._cache[key] = (identity + self.s * noise / h).clamp_(-1.0, 1.0)
+        return self._cache[key]
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Return the warped images, clamped to [0, 1], as a new tensor."""
+        _check_images(images, self.spec, "warp")
+        n, _, h, w = images.shape
+        grid = self.grid(h, w).to(device=images.device, dtype=images.dtype).expand(n, h, w, 2)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out.clamp_(0.0, 1.0)
+
+    def describe(self) -> str:
+        """Return the canonical spec, e.g. ``warp:k=4,s=0.5,seed=0``."""
+        return f"warp:k={self.k},s={_fmt(self.s)},seed={self.seed}"
+
+
 def _parse_patch(spec: str, items: dict[str, str | None], base_dir: Path | None) -> PatchTrigger:
     a = _Args(spec, "patch", items, {"size", "pos", "margin", "color", "image"}, {"checker"})
     if a.has("image") and (a.has("size") or a.has("checker") or a.has("color")):
@@ -397,13 +444,19 @@ def _parse_sig(spec: str, items: dict[str, str | None], base_dir: Path | None) -
     return SigTrigger(spec, delta=delta, freq=a.number("freq", 6.0, 0.0, open_lo=True))
 
 
+def _parse_warp(spec: str, items: dict[str, str | None], base_dir: Path | None) -> WarpTrigger:
+    a = _Args(spec, "warp", items, {"k", "s", "seed"}, set())
+    return WarpTrigger(spec, k=a.integer("k", 4, 2, 64), s=a.number("s", 0.5, 0.0, 1000.0),
+                       seed=a.integer("seed", 0, 0, 2**63 - 1))
+
+
 def parse_trigger(spec: str, *, base_dir: Path | None = None) -> Trigger:
-    """Parse a trigger spec (``patch:...``, ``blend:...`` or ``sig:...``) into a :class:`Trigger`.
+    """Parse a trigger spec (``patch:...``, ``blend:...``, ``sig:...`` or ``warp:...``) into a :class:`Trigger`.
 
     Image files named by ``image=`` are read now, relative to ``base_dir`` when given. Any
     malformed spec or unreadable file raises :class:`BdpruneError` quoting the spec and the
     accepted form; see the module docstring for the grammar and defaults.
     """
     kind, items = _split(spec)
-    parser = {"patch": _parse_patch, "blend": _parse_blend, "sig": _parse_sig}[kind]
+    parser = {"patch": _parse_patch, "blend": _parse_blend, "sig": _parse_sig, "warp": _parse_warp}[kind]
     return parser(spec, items, base_dir)

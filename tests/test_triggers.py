@@ -286,7 +286,7 @@ def test_bad_image_tensor_raises(bad):
 
 # --- fuzzing -------------------------------------------------------------------------------
 
-WORDS = ["patch", "blend", "sig", "size", "pos", "margin", "color", "checker", "image", "alpha",
+WORDS = ["patch", "blend", "sig", "warp", "k", "s", "size", "pos", "margin", "color", "checker", "image", "alpha",
          "noise", "seed", "delta", "freq", "tl", "br", "1", "0", "0.5", "-1", "3", "#ff00ff",
          "1:2", "0.1:0.2:0.3", "nan", "inf", "1e400", "x.png", "", " "]
 SEPS = [":", ",", "=", "#", ".", "-"]
@@ -320,3 +320,64 @@ def test_blend_image_shrunk_with_antialiased_bilinear(tmp_path):
     rgb = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
     p = F.interpolate(rgb, size=(8, 10), mode="bilinear", align_corners=False, antialias=True)[0]
     assert torch.allclose(got, ((1 - 0.4) * x + 0.4 * p).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+# --- warp (WaNet) --------------------------------------------------------------------------
+
+def test_warp_is_deterministic_from_its_seed_and_keeps_shape_and_input():
+    x = images(n=3, c=3, h=16, w=12)
+    before = x.clone()
+    a = parse_trigger("warp:k=4,s=1,seed=3").apply(x)
+    b = parse_trigger("warp:k=4,s=1,seed=3").apply(x)
+    c = parse_trigger("warp:k=4,s=1,seed=4").apply(x)
+    assert torch.equal(x, before)  # input untouched
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+
+
+def test_warp_defaults_and_describe_round_trip():
+    t = parse_trigger("warp")
+    assert (t.k, t.s, t.seed) == (4, 0.5, 0)
+    assert t.describe() == "warp:k=4,s=0.5,seed=0"
+    assert parse_trigger(t.describe()).describe() == t.describe()
+
+
+def test_warp_moves_pixels_by_less_than_about_s_and_s0_is_identity():
+    h = w = 28
+    x = images(n=2, c=1, h=h, w=w)
+    assert torch.allclose(parse_trigger("warp:s=0").apply(x), x, atol=1e-5)
+    t = parse_trigger("warp:k=4,s=0.5,seed=0")
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = t.grid(h, w)[0]
+    dx, dy = (grid[..., 0] - xs) * (w - 1) / 2, (grid[..., 1] - ys) * (h - 1) / 2  # in pixels
+    shift = torch.sqrt(dx**2 + dy**2)
+    assert 0.05 < float(shift.mean()) < 0.5 and float(shift.max()) < 1.0
+    out = t.apply(x)
+    assert 0 < float((out - x).abs().mean()) < 0.2  # a small, visible change
+
+
+def test_warp_is_bilinear_resampling_along_the_grid():
+    """A horizontal ramp image: bilinear sampling returns the sampled x coordinate itself."""
+    h, w = 10, 13
+    ramp = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(2, 1, h, w).contiguous()
+    t = parse_trigger("warp:k=3,s=2,seed=1")
+    want = (t.grid(h, w)[0, ..., 0] + 1) / 2
+    assert torch.allclose(t.apply(ramp)[0, 0], want, atol=1e-5)
+    field = t.field()
+    assert field.shape == (1, 2, 3, 3) and float(field.abs().mean()) == pytest.approx(1.0)
+
+
+def test_warp_clamps_values_and_grid():
+    x = images(n=1, c=3, h=8, w=8)
+    t = parse_trigger("warp:k=2,s=50,seed=0")  # a huge warp: the grid is clamped to the image
+    g = t.grid(8, 8)
+    assert float(g.abs().max()) <= 1.0
+    out = t.apply(x)
+    assert out.shape == x.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("spec", ["warp:k=1", "warp:s=-1", "warp:s=nan", "warp:seed=-2", "warp:alpha=0.2", "warp:k"])
+def test_warp_bad_specs(spec):
+    with pytest.raises(BdpruneError, match="warp"):
+        parse_trigger(spec)
