@@ -41,8 +41,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing samples."
 NormalizeOpt = Annotated[str, typer.Option("--normalize", help="none, cifar10, imagenet, mnist, MEAN,STD or m1,m2,m3,s1,s2,s3 (the paper: none).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep, clp (the papers) or bnp+ (`bdprune methods`); default bnp with --data, else clp.")]
-UOpt = Annotated[float, typer.Option("--u", "-u", help="Threshold in standard deviations, per layer (the paper: 3); bnp+: over the whole network.")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep, clp, anp, rnp (published) or bnp+ (`bdprune methods`); default bnp with --data, else clp.")]
+UOpt = Annotated[Optional[float], typer.Option("--u", "-u", help="Threshold: standard deviations per layer (bnp/ep/clp, default 3) or over the network (bnp+); the largest mask pruned (anp/rnp, default 0.2).", show_default=False)]
+MethodArgOpt = Annotated[Optional[List[str]], typer.Option("--method-arg", help="key=value setting of the method, e.g. iterations=500 for anp (repeatable; `bdprune methods` lists them).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full pickles (can run code from the file). Only for files you trust.")]
 
 
@@ -108,14 +109,14 @@ def _guarded(run):
         raise _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and please report it)") from None
 
 
-def _arch_args(items: list[str] | None) -> dict[str, str]:
+def _key_values(items: list[str] | None, option: str = "--arch-arg") -> dict[str, str]:
     from .errors import BdpruneError
 
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise BdpruneError(f"bad --arch-arg {item!r}", hint="use key=value")
+            raise BdpruneError(f"bad {option} {item!r}", hint="use key=value")
         out[key.strip()] = value.strip()
     return out
 
@@ -133,7 +134,8 @@ def scan(
     arch: ArchOpt = None,
     method: MethodOpt = None,
     data: DataOpt = None,
-    u: UOpt = 3.0,
+    u: UOpt = None,
+    method_arg: MethodArgOpt = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
@@ -165,8 +167,8 @@ def scan(
             check_output_path(output, inputs=tuple(checkpoints) + ((data,) if data is not None else ()), force=True)
         results = scan_checkpoints(
             checkpoints, arch, method=method, data=data, u=u, samples=samples, seed=seed, normalize=normalize, device=device,
-            batch_size=batch_size, num_classes=num_classes, arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
-            fail_threshold=fail_threshold,
+            batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
+            fail_threshold=fail_threshold, method_args=_key_values(method_arg, "--method-arg"),
         )
         for result in results:
             for note in result.notes:
@@ -202,12 +204,16 @@ def prune(
     arch: ArchOpt,
     method: MethodOpt = None,
     data: DataOpt = None,
-    u: UOpt = 3.0,
+    u: UOpt = None,
+    method_arg: MethodArgOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .safetensors (default: <stem>.pruned.safetensors beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     channels: Annotated[Optional[Path], typer.Option("--channels", help="Prune exactly the channels flagged in this `scan --format json` report.")] = None,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points. bnp+ always uses a budget (default 1, on --data unless --val is given) to choose how many top-ranked channels to prune.")] = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled clean validation data for --max-acc-drop (never test or poisoned data).")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled clean validation data for --max-acc-drop and --repair (never test or poisoned data).")] = None,
+    repair: Annotated[str, typer.Option("--repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics) or finetune (all weights; pruned channels stay pruned).")] = "none",
+    repair_epochs: Annotated[int, typer.Option("--repair-epochs", help="Epochs of --repair finetune.")] = 10,
+    repair_lr: Annotated[float, typer.Option("--repair-lr", help="SGD learning rate of --repair finetune.")] = 0.01,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
@@ -221,12 +227,14 @@ def prune(
 
     def run() -> int:
         from .core import prune_checkpoint
+        from .repair import RepairSettings
         from .report.prune_view import print_prune
 
         outcome = prune_checkpoint(
             checkpoint, arch, method=method, data=data, u=u, output=output, force=force, channels_report=channels,
             max_acc_drop=max_acc_drop, val=val, samples=samples, seed=seed, normalize=normalize, device=device,
-            batch_size=batch_size, num_classes=num_classes, arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+            batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
+            method_args=_key_values(method_arg, "--method-arg"), repair=RepairSettings(repair, repair_epochs, repair_lr),
         )
         for note in outcome.notes:
             _note(note)
@@ -262,7 +270,7 @@ def evaluate(
         results = evaluate_checkpoints(
             [checkpoint] + ([compare] if compare else []), arch, data=data, target=target, trigger=trigger,
             poisoned=poisoned, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
-            arch_args=_arch_args(arch_arg), trust_pickle=trust_pickle,
+            arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
         )
         print_eval(results, output_format)
         return 0
@@ -331,6 +339,8 @@ def methods() -> None:
             cls = METHODS.get(name)
             data = f"data: {cls.data_role}" if cls.data_role else "data-free"
             typer.echo(f"{name:<6} {data:<14} {cls.summary}")
+            if cls.defaults:
+                typer.echo(f"{'':<21} --method-arg: " + ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()))
         return 0
 
     raise typer.Exit(_guarded(run))

@@ -20,7 +20,7 @@ else:  # pragma: no cover - Python 3.10
 SETTINGS: dict[str, tuple[type, Any, tuple[str, ...]]] = {
     "arch": (str, None, ("scan", "prune", "eval")),
     "method": (str, None, ("scan", "prune")),
-    "u": (float, 3.0, ("scan", "prune")),
+    "u": (float, None, ("scan", "prune")),  # None: the method's default (3; anp/rnp 0.2)
     "data": (Path, None, ("scan", "prune")),
     "samples": (int, 500, ("scan", "prune")),
     "seed": (int, 0, ("scan", "prune")),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,22 +14,27 @@ from typing import Mapping, Sequence
 
 from .errors import BdpruneError
 from .evaluate import EvalResult, evaluate_model
+from .data import parse_normalize
 from .prune import (
     channels_from_report,
     check_channels,
     default_output,
+    mask_model,
     masked_tensors,
+    model_tensors,
     pruning_metadata,
     write_safetensors,
 )
+from .repair import RepairSettings, clean_accuracy, repair_model
 from .scan import check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
 
-def _check_options(*, u: float, samples: int, seed: int, batch_size: int, device: str) -> None:
+def _check_options(*, u: float | None, samples: int, seed: int, batch_size: int, device: str) -> None:
     """Refuse bad option values up front, before any file is read (each would fail later anyway)."""
-    check_u(u)
+    if u is not None:
+        check_u(u)
     check_samples(samples, seed)
     check_batch_size(batch_size)
     resolve_device(device)
@@ -40,7 +46,7 @@ def scan_checkpoints(
     *,
     method: str | None = None,
     data: str | Path | None = None,
-    u: float = 3.0,
+    u: float | None = None,
     samples: int = 500,
     seed: int = 0,
     normalize: str = "none",
@@ -51,8 +57,10 @@ def scan_checkpoints(
     trust_pickle: bool = False,
     show_progress: bool = True,
     fail_threshold: float | None = None,
+    method_args: Mapping[str, str] | None = None,
 ) -> list[ScanResult]:
-    """Scan each checkpoint with the same method, data and threshold, each with its verdict."""
+    """Scan each checkpoint with the same method, data and threshold, each with its verdict.
+    ``u=None`` takes the method's default (3 standard deviations; a mask of 0.2 for anp/rnp)."""
     from .verdict import assess
 
     _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
@@ -61,7 +69,8 @@ def scan_checkpoints(
     for path in expand_checkpoints(checkpoints):
         loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
         result = score_model(
-            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
+            show_progress=show_progress, seed=seed, method_args=method_args,
         )
         result.verdict = assess(result, fail_threshold)
         results.append(result)
@@ -89,7 +98,8 @@ def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
 
 @dataclass
 class PruneOutcome:
-    """What ``prune`` did: where it wrote, which channels, and how u was chosen."""
+    """What ``prune`` did: where it wrote, which channels, how the amount was chosen, and the
+    repair (if any) with the clean-sample accuracy before pruning, after pruning and after repair."""
 
     output: Path
     method: str
@@ -100,8 +110,10 @@ class PruneOutcome:
     curve: list[CurvePoint] = field(default_factory=list)
     base_acc: float | None = None
     notes: list[str] = field(default_factory=list)
-    k: int | None = None  # bnp+: how many top-ranked channels the budget allowed
+    k: int | None = None  # bnp+ (or --max-acc-drop with anp/rnp): how many top-ranked channels the budget allowed
     filled: bool = False  # pruned biases were set to the clean mean output (bnp+), not zeroed
+    repair: str = "none"
+    repair_acc: tuple[float, float, float] | None = None  # clean-sample ACC: original, pruned, repaired
 
 
 def prune_checkpoint(
@@ -110,7 +122,7 @@ def prune_checkpoint(
     *,
     method: str | None = None,
     data: str | Path | None = None,
-    u: float = 3.0,
+    u: float | None = None,
     output: str | Path | None = None,
     force: bool = False,
     channels_report: str | Path | None = None,
@@ -125,27 +137,38 @@ def prune_checkpoint(
     arch_args: Mapping[str, str] | None = None,
     trust_pickle: bool = False,
     show_progress: bool = True,
+    method_args: Mapping[str, str] | None = None,
+    repair: RepairSettings | None = None,
 ) -> PruneOutcome:
     """Prune the channels a scan flags (or a report lists) and write ``output`` as safetensors.
 
-    With ``max_acc_drop`` and ``val`` the amount is chosen from a clean-accuracy budget: u for the
-    per-layer methods, the number of top-ranked channels for bnp+, which always uses a budget
-    (default ``DEFAULT_MAX_ACC_DROP`` on ``data`` itself unless ``val`` is given)."""
+    With ``max_acc_drop`` the amount is chosen from a clean-accuracy budget on ``val``: u for the
+    per-layer methods, the number of top-ranked channels for bnp+ (which always uses a budget,
+    default ``DEFAULT_MAX_ACC_DROP``) and for anp/rnp; those three measure on ``data`` itself
+    unless ``val`` is given. ``repair`` (``bn`` or ``finetune``) then recovers the pruned model on
+    the clean samples (``val`` if given, else ``data``), keeping pruned channels pruned."""
     from .atomic import check_output_path
     from .scan import choose_method
 
     checkpoint = Path(checkpoint)
     out = Path(output) if output is not None else default_output(checkpoint)
-    network_ranked = channels_report is None and choose_method(method, data is not None)[0].ranking == "network"
-    if network_ranked:  # bnp+: the prune count always comes from a budget, on --data unless --val is given
+    repair = (repair or RepairSettings()).check()
+    method_cls = None if channels_report is not None else choose_method(method, data is not None)[0]
+    ranking = method_cls.ranking if method_cls is not None else None
+    if ranking == "network":  # bnp+: the prune count always comes from a budget
         from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
 
         max_acc_drop = DEFAULT_MAX_ACC_DROP if max_acc_drop is None else max_acc_drop
+    by_k = ranking == "network" or (ranking == "absolute" and max_acc_drop is not None)
+    if by_k:
         val = data if val is None else val
     elif (max_acc_drop is None) != (val is None):
         raise BdpruneError("--max-acc-drop and --val go together", hint="pass both to choose u from a clean-accuracy budget")
     if channels_report is not None and max_acc_drop is not None:
         raise BdpruneError("--channels prunes a fixed list; it cannot be combined with --max-acc-drop")
+    repair_data = val if val is not None else data
+    if repair.mode != "none" and (repair_data is None or (method_cls is not None and method_cls.data_role == "training" and val is None)):
+        raise BdpruneError(f"--repair {repair.mode} needs labelled clean samples", hint="pass them with --val (or --data for bnp, anp, rnp)")
     _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     inputs = tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None)
     check_output_path(out, inputs=inputs, force=force)  # fail before any expensive work
@@ -155,6 +178,8 @@ def prune_checkpoint(
     base_acc = None
     extra: dict[str, str] = {}
     k = None
+    images = load_samples(data, samples, seed) if data is not None else None
+    budget = dict(device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize))
     if channels_report is not None:
         from .methods import METHODS
 
@@ -168,39 +193,63 @@ def prune_checkpoint(
         used_u, used_samples, total = entry.get("u"), int(entry.get("samples") or 0), int(entry.get("channels_total") or 0)
         notes.append(f"pruning the {sum(map(len, channels.values()))} channels listed in {channels_report}")
     else:
-        images = load_samples(data, samples, seed) if data is not None else None
         result = score_model(
-            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
+            show_progress=show_progress, seed=seed, method_args=method_args,
         )
         notes += result.notes
         channels = result.flagged_channels()
         if max_acc_drop is not None:
-            from .data import parse_normalize
-
-            val_set = images if network_ranked and val == data else load_samples(val, None, seed)
-            budget = dict(device=resolve_device(device), batch_size=batch_size, normalize=parse_normalize(normalize))
-            if network_ranked:
+            val_set = images if by_k and val == data else load_samples(val, None, seed)
+            if by_k:
                 k, base_acc, curve = choose_k(loaded.model, result, val_set, max_acc_drop, **budget)
                 channels = result.top(k)
                 notes.append(f"chose k={k}: the top-ranked channels before ACC on {Path(val).name} first fell more than {max_acc_drop:g} points")
                 extra = {"k": str(k), "max_acc_drop": repr(float(max_acc_drop))}
             else:
-                u, base_acc, curve = choose_u(loaded.model, result, val_set, max_acc_drop, **budget)
-                notes.append(f"chose u={u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
-                result = result.rethreshold(u)
+                chosen_u, base_acc, curve = choose_u(loaded.model, result, val_set, max_acc_drop, **budget)
+                notes.append(f"chose u={chosen_u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
+                result = result.rethreshold(chosen_u)
                 channels = result.flagged_channels()
         method_name, params, fill = result.method, result.pruned_params, result.fill
         # a k chosen from the budget replaces u: the file records k, not the scan's u
         used_u = None if k is not None else result.u
         used_samples, total = result.samples, result.channels_total
+        if method_args:
+            extra["method_args"] = json.dumps(dict(method_args), sort_keys=True)
     check_channels(loaded.model, channels, params, fill=fill, source=channels_report)
-    tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
+    repair_acc = None
+    if repair.mode == "none":
+        tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
+    else:
+        clean = images if repair_data == data else load_samples(repair_data, None, seed)
+        model, acc = _pruned_and_repaired(loaded.model, channels, params, fill, clean, repair, budget, seed)
+        tensors = model_tensors(loaded.checkpoint, model)
+        repair_acc = acc
+        extra.update({"repair": repair.mode, "repair_epochs": str(repair.epochs) if repair.mode == "finetune" else "",
+                      "repair_samples": str(len(clean))})
+        notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
+                     f"-> {acc[2]:.2f}% repaired")
     meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
     metadata = pruning_metadata(
         method=method_name, u=meta_u, samples=used_samples, source=checkpoint, channels=channels, params=params, fill=fill, extra=extra
     )
     write_safetensors(tensors, out, metadata, source=checkpoint, force=force)
-    return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes, k, fill is not None)
+    return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes, k, fill is not None,
+                        repair.mode, repair_acc)
+
+
+def _pruned_and_repaired(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
+    """Prune ``model`` in place, repair a copy; return the copy and the clean samples' ACC
+    (original, pruned, repaired)."""
+    if clean.labels is None:
+        raise BdpruneError(f"--repair {repair.mode} trains on labelled clean samples, and this data has no labels", path=clean.source)
+    dev, norm = budget["device"], budget["normalize"]
+    before = clean_accuracy(model, clean, device=dev, normalize=norm)
+    mask_model(model, channels, params, fill)
+    pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
+    repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed)
+    return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm))
 
 
 def evaluate_checkpoints(
@@ -219,7 +268,7 @@ def evaluate_checkpoints(
     trust_pickle: bool = False,
 ) -> list[EvalResult]:
     """ACC (and ASR with a trigger or a poisoned set) of each checkpoint on the same data."""
-    from .data import check_fits, load_images, parse_normalize
+    from .data import check_fits, load_images
     from .triggers import parse_trigger
 
     if trigger is not None and poisoned is not None:

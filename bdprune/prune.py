@@ -85,6 +85,17 @@ def masked_tensors(
     return tensors
 
 
+def model_tensors(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Tensor]:
+    """The checkpoint's tensors (file key names and dtypes) with every one the model holds replaced
+    by the model's current value (after a repair changed them all)."""
+    tensors = dict(checkpoint.tensors)
+    for name, value in model.state_dict().items():
+        key = checkpoint.file_key(name)
+        if key in tensors:
+            tensors[key] = value.detach().to("cpu", tensors[key].dtype).reshape(tensors[key].shape)
+    return tensors
+
+
 def mask_model(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], fill: Fill | None = None) -> None:
     """Prune the listed channels in ``model``'s own BN layers, in place, as :func:`masked_tensors` does."""
     layers = dict(bn_layers(model))

@@ -142,16 +142,22 @@ def score_model(
     method: str | None = None,
     *,
     data: ImageSet | None = None,
-    u: float = 3.0,
+    u: float | None = None,
     device: str = "auto",
     batch_size: int = 128,
     normalize: str = "none",
     show_progress: bool = True,
+    seed: int = 0,
+    method_args: Mapping[str, str] | None = None,
 ) -> ScanResult:
-    """Score every BN channel of ``loaded`` with ``method`` and flag at ``u`` (per layer, or network-wide for bnp+)."""
-    check_u(u)
-    check_batch_size(batch_size)
+    """Score every BN channel of ``loaded`` with ``method`` and flag at ``u`` (per layer; network-wide
+    for bnp+; a bound on the mask for anp and rnp). ``u=None`` takes the method's default;
+    ``method_args`` override the method's settings (``--method-arg``); ``seed`` drives the
+    learned-mask methods' sampling and noise."""
     method_cls, reason = choose_method(method, data is not None)
+    u = method_cls.default_u if u is None else check_u(u)
+    check_batch_size(batch_size)
+    method_obj = method_cls(method_args)
     dev = resolve_device(device)
     norm = parse_normalize(normalize)
     model = loaded.model
@@ -175,16 +181,17 @@ def score_model(
         if norm is not None and len(norm[0]) not in (1, data.images.shape[1]):
             raise BdpruneError(f"--normalize has {len(norm[0])} means for {data.images.shape[1]}-channel images")
         try:
-            stats = collect_stats(
-                model,
-                data.images,
-                device=dev,
-                batch_size=batch_size,
-                moments=method_cls.needs_moments,
-                maxima=method_cls.needs_maxima,
-                normalize=norm,
-                show_progress=show_progress,
-            )
+            if method_cls.needs_moments or method_cls.needs_maxima:
+                stats = collect_stats(
+                    model,
+                    data.images,
+                    device=dev,
+                    batch_size=batch_size,
+                    moments=method_cls.needs_moments,
+                    maxima=method_cls.needs_maxima,
+                    normalize=norm,
+                    show_progress=show_progress,
+                )
         except BdpruneError as exc:  # images that do not fit, activations that overflow: name the data
             raise exc.with_path(data.source) from None
         used = len(data)
@@ -192,10 +199,13 @@ def score_model(
     elif data is not None:
         notes.append(f"{method_cls.name} is data-free; --data was not used")
     model.to(dev)
-    ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes)
-    method_obj = method_cls()
+    ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes, data=data, normalize=norm, seed=seed,
+                       show_progress=show_progress)
     try:
-        with torch.inference_mode():
+        # Learning methods need gradients, and their global-RNG use (dropout) seeded, not the caller's.
+        with torch.random.fork_rng(devices=[]) if method_cls.trains else torch.inference_mode():
+            if method_cls.trains:
+                torch.manual_seed(seed)
             raw = method_obj.score(ctx)
             fill = method_obj.fill_values(ctx)
     except BdpruneError as exc:  # e.g. a BN without running statistics: name the checkpoint

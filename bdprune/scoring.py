@@ -61,10 +61,26 @@ def flag_network(raw: dict[str, Tensor], u: float) -> list[LayerResult]:
     return layers
 
 
+def flag_absolute(raw: dict[str, Tensor], u: float, *, low_is_suspicious: bool) -> list[LayerResult]:
+    """Flag channels whose raw score is at most ``u`` (at least ``u`` when high is suspicious), as
+    the learned-mask methods prune ``mask <= threshold``. z is the margin past the bound,
+    ``u - score`` (``score - u``), so the ranking is one over the whole network and a channel is
+    flagged exactly when its z is >= 0."""
+    layers = []
+    for name, scores in raw.items():
+        s = scores.detach().to("cpu", torch.float64)
+        z = (u - s) if low_is_suspicious else (s - u)
+        std = float(s.std()) if s.numel() > 1 else math.nan
+        layers.append(LayerResult(name, s.tolist(), z.tolist(), (z >= 0).nonzero().flatten().tolist(), float(s.mean()), std, u))
+    return layers
+
+
 def flag(raw: dict[str, Tensor], u: float, *, ranking: str, low_is_suspicious: bool) -> list[LayerResult]:
-    """Per-layer (``ranking="layer"``, the papers' rule) or network-wide flags at ``u``."""
+    """Per-layer (``ranking="layer"``, the papers' rule), network-wide, or absolute flags at ``u``."""
     if ranking == "network":
         return flag_network(raw, u)
+    if ranking == "absolute":
+        return flag_absolute(raw, u, low_is_suspicious=low_is_suspicious)
     return [flag_layer(name, s, u, low_is_suspicious=low_is_suspicious) for name, s in raw.items()]
 
 
@@ -85,7 +101,7 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     version: str = ""
     verdict: Any = None  # a bdprune.verdict.Verdict once assessed
-    ranking: str = "layer"  # "network": z and flags are over all channels at once (bnp+)
+    ranking: str = "layer"  # "network": z and flags over all channels at once (bnp+); "absolute": score vs u (anp, rnp)
     fill: dict[str, list[float]] | None = None  # bias a pruned channel gets, per layer (bnp+)
 
     @property

@@ -8,6 +8,7 @@
     python benchmarks/run.py speed --device cuda
     python benchmarks/run.py all               # both
     python benchmarks/run.py bnp-plus-tune     # bnp+ candidates on the zoo's tune part (prints)
+    python benchmarks/run.py removal           # removal variants (anp, rnp, repairs) on the 8-epoch zoo's holdout part
 
 Each subcommand rewrites its own section of benchmarks/RESULTS.md.
 """
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("bnp-plus-tune", help="choose bnp+'s ranking, fill and budget on the zoo's tune part (prints)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--shard", type=int, choices=(0, 1), default=None, help="every other tune model (run 0 and 1 side by side)")
+    r = sub.add_parser("removal", help="backdoor removal variants side by side (issue 13)")
+    r.add_argument("--part", choices=("tune", "holdout"), default="holdout")
+    r.add_argument("--variants", default=None, help="comma-separated subset of removal.VARIANTS (prints only)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    r.add_argument("--timing", action="store_true", help="only the learned-mask cost on a CIFAR ResNet-18 (prints)")
     s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
     a = sub.add_parser("all", help="zoo then speed")
     for p in (s, a):
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         import bnp_plus_tuning
 
         bnp_plus_tuning.run(args)
+    if args.cmd == "removal":
+        import removal
+
+        removal.run(args)
     if args.cmd in ("speed", "all"):
         import speed
 

@@ -29,8 +29,9 @@ from bdprune.archs.smallcnn import smallcnn
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
+from _images import TINY_SHAPE, make_images  # noqa: E402  (tests/ is on sys.path from here on)
+
 TINY_WIDTH = 8
-TINY_SHAPE = (1, 8, 8)
 
 
 def make_trained_ish_model(seed: int = 0, width: int = TINY_WIDTH) -> nn.Module:
@@ -61,12 +62,6 @@ def _trained_ish_state(seed: int, width: int) -> dict[str, torch.Tensor]:
     for bn in bns:
         bn.momentum = 0.1
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def make_images(n: int, seed: int = 1, shape: tuple[int, int, int] = TINY_SHAPE) -> torch.Tensor:
-    """``n`` float32 images in [0, 1], deterministic for ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand((n, *shape), generator=g)
 
 
 @dataclass

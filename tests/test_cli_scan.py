@@ -223,3 +223,39 @@ def test_two_checkpoints_give_one_result_each(runner, bn_checkpoint, backdoored_
     assert report["schema_version"] == 1
     assert [r["checkpoint"] for r in report["results"]] == [str(bn_checkpoint.path), str(backdoored_checkpoint)]
     assert 11 in report["results"][1]["flagged"]["bn3"]
+
+
+# --- learned-mask methods --------------------------------------------------------------------
+
+
+def test_anp_scan_flags_masks_at_its_default_bound_and_records_the_seed_path(runner, bn_checkpoint, images_npz):
+    args = [bn_checkpoint.path, *bn_checkpoint.cli_args, "--method", "anp", "--data", images_npz, "--format", "json",
+            "--method-arg", "iterations=3", "--method-arg", "batch=16", "--exit-zero"]
+    first, again = scan(runner, *args), scan(runner, *args)
+    assert first.exit_code == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["method"] == "anp" and report["u"] == 0.2 and report["ranking"] == "absolute"
+    assert report["low_is_suspicious"] is True
+    for layer in report["layers"]:
+        assert all(0.0 <= s <= 1.0 for s in layer["scores"])
+        assert layer["flagged"] == [c for c, s in enumerate(layer["scores"]) if s <= 0.2]
+    assert json.loads(again.stdout)["layers"] == report["layers"]  # deterministic for the default --seed
+
+
+def test_method_arg_errors_are_one_line(runner, bn_checkpoint, images_npz):
+    base = [bn_checkpoint.path, *bn_checkpoint.cli_args, "--method", "rnp", "--data", images_npz]
+    result = scan(runner, *base, "--method-arg", "recover_epoch=3")
+    assert result.exit_code == 2 and "did you mean recover_epochs" in error_line(result)
+    result = scan(runner, *base, "--method-arg", "batch=many")
+    assert result.exit_code == 2 and "expected int" in error_line(result)
+    result = scan(runner, *base, "--method-arg", "batch")
+    assert result.exit_code == 2 and "bad --method-arg" in error_line(result)
+
+
+def test_learned_masks_need_labelled_data(runner, tmp_path, bn_checkpoint, clean_images):
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, images=clean_images.numpy())
+    result = scan(runner, bn_checkpoint.path, *bn_checkpoint.cli_args, "--method", "anp", "--data", unlabelled)
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "unlabelled.npz" in line and "no labels" in line

@@ -11,7 +11,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bdprune.scoring import SCHEMA_VERSION, ScanResult, flag_layer
+from bdprune.scoring import SCHEMA_VERSION, ScanResult, flag, flag_layer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,3 +145,16 @@ def test_to_dict_is_strict_json_with_the_documented_fields():
     assert back["layers"][0]["scores"] == [1.0, 2.0, 3.0, 4.0, 100.0]
     assert back["layers"][1]["std"] is None
     assert back["channels_total"] == 6 and back["flagged_total"] == 1
+
+
+def test_absolute_flags_masks_at_or_below_u_with_z_the_margin():
+    """anp/rnp: flagged when mask <= u; z = u - mask ranks the whole network at once."""
+    raw = {"a": t([0.0, 0.2, 0.9, 1.0]), "b": t([0.5, 0.05])}
+    layers = flag(raw, 0.2, ranking="absolute", low_is_suspicious=True)
+    assert [layer.flagged for layer in layers] == [[0, 1], [1]]
+    assert layers[0].z == pytest.approx([0.2, 0.0, -0.7, -0.8])
+    assert layers[0].threshold == 0.2
+    result = ScanResult("m.pt", "x", "anp", "", 0.2, 10, "cpu", layers, True, ("weight",), ranking="absolute")
+    assert [(r[0], r[1]) for r in result.ranked()[:3]] == [("a", 0), ("b", 1), ("a", 1)]
+    assert result.top(2) == {"a": [0], "b": [1]}
+    assert result.rethreshold(0.5).flagged_channels() == {"a": [0, 1], "b": [0, 1]}

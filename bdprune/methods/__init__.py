@@ -1,6 +1,6 @@
-"""Scoring methods: the faithful ``bnp``, ``ep`` and ``clp`` and bdprune's ``bnp+``, behind one interface and registry."""
+"""Scoring methods: the faithful ``bnp``, ``ep`` and ``clp``, the learned-mask ``anp`` and ``rnp``, and bdprune's ``bnp+``, behind one interface and registry."""
 
 from .base import METHODS, Method, ScoreContext
-from . import bnp, bnp_plus, clp, ep  # noqa: F401  (registers the methods)
+from . import anp, bnp, bnp_plus, clp, ep, rnp  # noqa: F401  (registers the methods)
 
 __all__ = ["METHODS", "Method", "ScoreContext"]

@@ -1,0 +1,90 @@
+"""Repair after pruning: BN re-estimation against statistics computed directly, fine-tuning that
+keeps pruned channels pruned, and the CLI path (metadata, refusals)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import torch
+from _images import make_images
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from bdprune.cli import app
+from bdprune.data import ImageSet
+from bdprune.prune import mask_model
+from bdprune.repair import RepairSettings, reestimate_bn, repair_model
+from bdprune.stats import bn_layers
+
+CPU = torch.device("cpu")
+
+
+def test_bn_reestimation_equals_the_cumulative_statistics_of_the_data(bn_model):
+    images = make_images(40, seed=4)
+    model = copy.deepcopy(bn_model)
+    inputs = {}
+    hooks = [bn.register_forward_pre_hook(lambda m, a, name=name: inputs.setdefault(name, []).append(a[0].detach()))
+             for name, bn in bn_layers(model)]
+    reestimate_bn(model, images, batch_size=16)  # batches of 16, 16, 8
+    for h in hooks:
+        h.remove()
+    for name, bn in bn_layers(model):
+        batches = inputs[name]
+        dims = [0] + list(range(2, batches[0].dim()))
+        # torch's cumulative average (momentum None) of per-batch mean and unbiased variance
+        means = torch.stack([b.mean(dims) for b in batches])
+        vars_ = torch.stack([b.var(dims, unbiased=True) for b in batches])
+        torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, vars_.mean(0), rtol=1e-5, atol=1e-6)
+        assert bn.momentum == bn_model.get_submodule(name).momentum
+    assert not model.training
+    for (name, a), (_, b) in zip(bn_layers(model), bn_layers(bn_model)):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_finetune_changes_weights_but_keeps_pruned_channels_pruned(bn_model):
+    model = copy.deepcopy(bn_model)
+    layer = bn_layers(model)[0][0]
+    channels = {layer: [0, 2]}
+    mask_model(model, channels, ("weight", "bias"))
+    data = ImageSet(make_images(32, seed=5), torch.arange(32) % 10, "clean.npz")
+    repaired = repair_model(model, channels, ("weight", "bias"), None, data, RepairSettings("finetune", epochs=2), device=CPU)
+    bn = repaired.get_submodule(layer)
+    assert torch.all(bn.weight[[0, 2]] == 0) and torch.all(bn.bias[[0, 2]] == 0)
+    assert not torch.equal(bn.weight[1], model.get_submodule(layer).weight[1])  # the rest was trained
+    before, after = model.get_submodule(layer).weight, bn_model.get_submodule(layer).weight
+    assert torch.equal(before[1:2], after[1:2]) and torch.equal(before[3:], after[3:])  # repair left its input alone
+
+
+def test_cli_prune_with_repair_records_it_and_keeps_channels_zero(tmp_path, bn_checkpoint, images_npz):
+    out = tmp_path / "pruned.safetensors"
+    result = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                                      "--u", "1", "--repair", "finetune", "--repair-epochs", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        pruned = json.loads(meta["pruned_channels"])
+        assert meta["repair"] == "finetune" and meta["repair_epochs"] == "2" and meta["repair_samples"] == "64"
+        assert pruned
+        for layer, chans in pruned.items():
+            assert torch.all(f.get_tensor(f"{layer}.weight")[chans] == 0)
+        original = bn_checkpoint.model.state_dict()
+        assert any(not torch.equal(f.get_tensor(k), original[k]) for k in f.keys() if k in original and
+                   original[k].dtype.is_floating_point and k not in {f"{l}.weight" for l in pruned})
+    assert "repaired" in result.output
+
+
+def test_cli_repair_refuses_unlabelled_data_and_ep_without_val(tmp_path, bn_checkpoint, clean_images):
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, images=clean_images.numpy())
+    runner = CliRunner()
+    for extra in (["--data", str(unlabelled)], ["--method", "ep", "--data", str(unlabelled)]):
+        out = tmp_path / "never.safetensors"
+        result = runner.invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, *extra,
+                                     "--repair", "bn", "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "labelled clean samples" in result.output and not out.exists()
+    result = runner.invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--repair", "nope"])
+    assert result.exit_code == 2 and "unknown --repair" in result.output
