@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 from .errors import BdpruneError
 from .evaluate import EvalResult, evaluate_model
-from .data import parse_normalize
+from .data import ImageSet, parse_normalize
 from .prune import (
     channels_from_report,
     check_channels,
@@ -26,7 +26,7 @@ from .prune import (
     write_safetensors,
 )
 from .repair import RepairSettings, clean_accuracy, repair_model
-from .scan import check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
+from .scan import LoadedModel, check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
@@ -61,20 +61,44 @@ def scan_checkpoints(
 ) -> list[ScanResult]:
     """Scan each checkpoint with the same method, data and threshold, each with its verdict.
     ``u=None`` takes the method's default (3 standard deviations; a mask of 0.2 for anp/rnp)."""
-    from .verdict import assess
-
     _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     images = load_samples(data, samples, seed) if data is not None else None
     results = []
     for path in expand_checkpoints(checkpoints):
         loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
-        result = score_model(
-            loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
-            show_progress=show_progress, seed=seed, method_args=method_args,
+        results.append(
+            scan_loaded(
+                loaded, images, method=method, u=u, seed=seed, normalize=normalize, device=device, batch_size=batch_size,
+                show_progress=show_progress, fail_threshold=fail_threshold, method_args=method_args,
+            )
         )
-        result.verdict = assess(result, fail_threshold)
-        results.append(result)
     return results
+
+
+def scan_loaded(
+    loaded: LoadedModel,
+    images: ImageSet | None,
+    *,
+    method: str | None = None,
+    u: float | None = None,
+    seed: int = 0,
+    normalize: str = "none",
+    device: str = "auto",
+    batch_size: int = 128,
+    show_progress: bool = True,
+    fail_threshold: float | None = None,
+    method_args: Mapping[str, str] | None = None,
+) -> ScanResult:
+    """Score one loaded model on samples already drawn and give it its verdict: the step
+    :func:`scan_checkpoints` runs for each file and :func:`bdprune.scan` for an in-memory model."""
+    from .verdict import assess
+
+    result = score_model(
+        loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
+        show_progress=show_progress, seed=seed, method_args=method_args,
+    )
+    result.verdict = assess(result, fail_threshold)
+    return result
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -201,16 +225,10 @@ def prune_checkpoint(
         channels = result.flagged_channels()
         if max_acc_drop is not None:
             val_set = images if by_k and val == data else load_samples(val, None, seed)
-            if by_k:
-                k, base_acc, curve = choose_k(loaded.model, result, val_set, max_acc_drop, **budget)
-                channels = result.top(k)
-                notes.append(f"chose k={k}: the top-ranked channels before ACC on {Path(val).name} first fell more than {max_acc_drop:g} points")
-                extra = {"k": str(k), "max_acc_drop": repr(float(max_acc_drop))}
-            else:
-                chosen_u, base_acc, curve = choose_u(loaded.model, result, val_set, max_acc_drop, **budget)
-                notes.append(f"chose u={chosen_u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points")
-                result = result.rethreshold(chosen_u)
-                channels = result.flagged_channels()
+            amount = choose_amount(loaded.model, result, val_set, max_acc_drop, by_k=by_k, budget=budget)
+            result, channels, k, base_acc, curve = amount.result, amount.channels, amount.k, amount.base_acc, amount.curve
+            notes.append(amount.note)
+            extra = dict(amount.extra)
         method_name, params, fill = result.method, result.pruned_params, result.fill
         # a k chosen from the budget replaces u: the file records k, not the scan's u
         used_u = None if k is not None else result.u
@@ -237,6 +255,33 @@ def prune_checkpoint(
     write_safetensors(tensors, out, metadata, source=checkpoint, force=force)
     return PruneOutcome(out, method_name, meta_u, channels, params, total, curve, base_acc, notes, k, fill is not None,
                         repair.mode, repair_acc)
+
+
+@dataclass
+class Amount:
+    """How much a clean-accuracy budget lets ``prune`` remove: the (re-thresholded) scan, the
+    channels, k (top-ranked count; None when u was chosen), the curve and what to record."""
+
+    result: ScanResult
+    channels: dict[str, list[int]]
+    k: int | None
+    base_acc: float
+    curve: list[CurvePoint]
+    note: str
+    extra: dict[str, str]
+
+
+def choose_amount(model, result: ScanResult, val: ImageSet, max_acc_drop: float, *, by_k: bool, budget: dict) -> Amount:
+    """Choose k (``by_k``: bnp+, anp, rnp) or u from ``max_acc_drop`` points of ACC on ``val``;
+    shared by ``prune`` and :func:`bdprune.prune`. ``budget`` holds device, batch_size, normalize."""
+    if by_k:
+        k, base_acc, curve = choose_k(model, result, val, max_acc_drop, **budget)
+        note = f"chose k={k}: the top-ranked channels before ACC on {Path(val.source).name} first fell more than {max_acc_drop:g} points"
+        return Amount(result, result.top(k), k, base_acc, curve, note, {"k": str(k), "max_acc_drop": repr(float(max_acc_drop))})
+    chosen_u, base_acc, curve = choose_u(model, result, val, max_acc_drop, **budget)
+    note = f"chose u={chosen_u:g}: the smallest on the grid with validation ACC within {max_acc_drop:g} points"
+    result = result.rethreshold(chosen_u)
+    return Amount(result, result.flagged_channels(), None, base_acc, curve, note, {})
 
 
 def _pruned_and_repaired(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
