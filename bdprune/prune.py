@@ -111,20 +111,22 @@ def pruning_metadata(
     method: str,
     u: float | None,
     samples: int,
-    source: Path,
+    source: Path | None,
     channels: Mapping[str, Sequence[int]],
     params: Sequence[str],
     fill: Fill | None = None,
     extra: Mapping[str, str] | None = None,
+    source_sha256: str | None = None,
 ) -> dict[str, str]:
-    """The text metadata stored in the safetensors header."""
+    """The text metadata stored in the safetensors header. ``source_sha256`` stands in for the
+    hash of ``source`` when the pruned model was never a file (the Python API)."""
     meta = {
         "format": "pt",
         "bdprune_version": __version__,
         "method": method,
         "u": "" if u is None else repr(float(u)),
         "samples": str(samples),
-        "source_sha256": sha256_file(source),
+        "source_sha256": source_sha256 if source_sha256 is not None else sha256_file(source),
         "pruned_params": ",".join(params),
         "pruned_channels": json.dumps({k: sorted(int(c) for c in v) for k, v in channels.items() if v}, sort_keys=True),
         **(extra or {}),
@@ -160,9 +162,9 @@ def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]
     return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
-def write_safetensors(tensors: Mapping[str, Tensor], output: Path, metadata: Mapping[str, str], *, source: Path, force: bool) -> None:
+def write_safetensors(tensors: Mapping[str, Tensor], output: Path, metadata: Mapping[str, str], *, source: Path | None, force: bool) -> None:
     """Write ``tensors`` to ``output`` via a temporary file and a rename; the input is never touched."""
-    check_output_path(output, inputs=(source,), force=force)
+    check_output_path(output, inputs=(source,) if source is not None else (), force=force)
     payload = safetensors_bytes(tensors, metadata)
     with atomic_path(output) as tmp:
         with tmp.open("wb") as f:

@@ -233,4 +233,5 @@ def score_model(
         version=__version__,
         ranking=method_cls.ranking,
         fill=None if fill is None else {name: v.cpu().tolist() for name, v in fill.items()},
+        data=str(data.source) if used else None,
     )

@@ -103,6 +103,7 @@ class ScanResult:
     verdict: Any = None  # a bdprune.verdict.Verdict once assessed
     ranking: str = "layer"  # "network": z and flags over all channels at once (bnp+); "absolute": score vs u (anp, rnp)
     fill: dict[str, list[float]] | None = None  # bias a pruned channel gets, per layer (bnp+)
+    data: str | None = None  # where the samples came from (a file, or e.g. "<tensor>" from the Python API); None if unused
 
     @property
     def channels_total(self) -> int:
