@@ -140,8 +140,9 @@ def scan(
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
     top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 20,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif or markdown.")] = "table",
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif, markdown or html (one self-contained page with plots; needs bdprune[plot]).")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw every channel's score per layer, flags, thresholds and the verdict to FILE (.png or .svg; needs bdprune[plot]).")] = None,
     fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).")] = None,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a checkpoint is suspicious (report-only runs).")] = False,
     device: DeviceOpt = "auto",
@@ -165,6 +166,10 @@ def scan(
             from .atomic import check_output_path
 
             check_output_path(output, inputs=tuple(checkpoints) + ((data,) if data is not None else ()), force=True)
+        if plot is not None:
+            from .plot import check_plot_path
+
+            check_plot_path(plot, inputs=tuple(checkpoints) + ((data,) if data is not None else ()) + ((output,) if output else ()))
         results = scan_checkpoints(
             checkpoints, arch, method=method, data=data, u=u, samples=samples, seed=seed, normalize=normalize, device=device,
             batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
@@ -174,6 +179,11 @@ def scan(
             for note in result.notes:
                 _note(f"{result.checkpoint}: {note}" if len(results) > 1 else note)
         _emit(reporter, results, output, top=top)
+        if plot is not None:
+            from .api import plot_scan
+
+            plot_scan(results, plot)
+            _note(f"plot written to {plot}")
         return 0 if exit_zero else exit_code([r.verdict for r in results])
 
     raise typer.Exit(_guarded(run))
@@ -214,6 +224,7 @@ def prune(
     repair: Annotated[str, typer.Option("--repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics) or finetune (all weights; pruned channels stay pruned).")] = "none",
     repair_epochs: Annotated[int, typer.Option("--repair-epochs", help="Epochs of --repair finetune.")] = 10,
     repair_lr: Annotated[float, typer.Option("--repair-lr", help="SGD learning rate of --repair finetune.")] = 0.01,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw clean accuracy against channels pruned along the --max-acc-drop search, chosen point marked, to FILE (.png or .svg; needs bdprune[plot]).")] = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
@@ -230,6 +241,8 @@ def prune(
         from .repair import RepairSettings
         from .report.prune_view import print_prune
 
+        if plot is not None:
+            _check_prune_plot(plot, method, data, max_acc_drop, channels, inputs=tuple(p for p in (checkpoint, data, val, channels, output) if p))
         outcome = prune_checkpoint(
             checkpoint, arch, method=method, data=data, u=u, output=output, force=force, channels_report=channels,
             max_acc_drop=max_acc_drop, val=val, samples=samples, seed=seed, normalize=normalize, device=device,
@@ -239,9 +252,29 @@ def prune(
         for note in outcome.notes:
             _note(note)
         print_prune(outcome)
+        if plot is not None:
+            from .api import plot_curve
+            from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
+
+            budget = max_acc_drop if max_acc_drop is not None else DEFAULT_MAX_ACC_DROP
+            plot_curve(outcome, plot, max_acc_drop=budget)
+            _note(f"plot written to {plot}")
         return 0
 
     raise typer.Exit(_guarded(run))
+
+
+def _check_prune_plot(plot: Path, method, data, max_acc_drop, channels, *, inputs) -> None:
+    """Refuse ``prune --plot`` up front where no accuracy curve will be measured."""
+    from .errors import BdpruneError
+    from .plot import check_plot_path
+    from .scan import choose_method
+
+    budgeted = channels is None and (max_acc_drop is not None or choose_method(method, data is not None)[0].ranking == "network")
+    if not budgeted:
+        raise BdpruneError("--plot draws the clean-accuracy curve of a --max-acc-drop search, and this prune runs none",
+                           hint="add --max-acc-drop P (with --val for bnp, ep, clp), or leave out --plot")
+    check_plot_path(plot, inputs=inputs)
 
 
 @app.command(name="eval")

@@ -1,12 +1,6 @@
 """Optional recovery after pruning, on the clean samples only: re-estimate the BatchNorm running
-statistics (``bn``), fine-tune the whole pruned model a few epochs (``finetune``, as Fine-Pruning,
-Liu et al., RAID 2018), or fine-tune it against a universal adversarial perturbation
-(``adversarial``, after I-BAU, Zeng et al., ICLR 2022): each batch first moves one shared
-perturbation delta (L2 norm at most ``radius * sqrt(pixels)``, in [0, 1] pixel space) a few
-normalized-gradient steps up the loss, then trains on the clean and the perturbed batch. A
-backdoor is exactly such a shortcut, so the fine-tune is pushed to unlearn it instead of letting
-it regrow. I-BAU solves the inner problem with implicit hypergradients; bdprune alternates plain
-steps, keeping delta from batch to batch.
+statistics (``bn``) or fine-tune the whole pruned model a few epochs (``finetune``, as
+Fine-Pruning, Liu et al., RAID 2018).
 
 Pruned channels stay pruned: after every step their parameters are set back to what pruning
 gave them, so the file's ``pruned_channels`` metadata stays true. A backdoor can still regrow
@@ -16,7 +10,6 @@ through the channels that remain, so measure ASR after repair (``bdprune eval``)
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -30,7 +23,7 @@ from .methods.masks import cross_entropy, labelled_batches
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
 
-REPAIRS = ("none", "bn", "finetune", "adversarial")
+REPAIRS = ("none", "bn", "finetune")
 
 
 @dataclass
@@ -41,8 +34,6 @@ class RepairSettings:
     epochs: int = 10
     lr: float = 0.01
     batch_size: int = 128
-    radius: float = 0.2  # adversarial: L2 bound on delta, per sqrt(pixel)
-    steps: int = 2  # adversarial: ascent steps on delta per batch
 
     def check(self) -> "RepairSettings":
         """Refuse an unknown mode or a non-positive setting."""
@@ -72,40 +63,19 @@ def repair_model(
     g = torch.Generator().manual_seed(seed)
     if settings.mode == "bn":
         reestimate_bn(net, batches.images, settings.batch_size)
-    elif settings.mode in ("finetune", "adversarial"):
+    elif settings.mode == "finetune":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            net.train()
             opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-            delta = torch.zeros_like(batches.raw[:1])
             for _ in range(settings.epochs):
-                for raw, labels in batches.shuffled_epoch(g, raw=True):
-                    if settings.mode == "adversarial":
-                        delta = universal_perturbation(net, batches, raw, labels, delta, settings)
-                    net.train()
-                    loss, _ = cross_entropy(net, batches.model_input(raw), labels)
-                    if settings.mode == "adversarial":
-                        loss = loss + cross_entropy(net, batches.model_input((raw + delta).clamp(0, 1)), labels)[0]
+                for images, labels in batches.shuffled_epoch(g):
+                    loss, _ = cross_entropy(net, images, labels)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     mask_model(net, channels, params, fill)  # hold the pruned channels pruned
     return net.eval()
-
-
-def universal_perturbation(net: nn.Module, batches, raw: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor,
-                           settings: RepairSettings) -> torch.Tensor:
-    """``settings.steps`` normalized-gradient ascent steps on one perturbation shared by the whole
-    batch (the model in eval mode), projected onto the L2 ball of radius ``radius * sqrt(pixels)``."""
-    radius = settings.radius * math.sqrt(raw[0].numel())
-    net.eval()
-    for _ in range(settings.steps):
-        delta = delta.detach().requires_grad_(True)
-        loss, _ = cross_entropy(net, batches.model_input((raw + delta).clamp(0, 1)), labels)
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = delta + (radius / 2) * grad / grad.norm().clamp_min(1e-12)
-            delta = delta * (radius / delta.norm().clamp_min(radius))
-    return delta.detach()
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:

@@ -99,42 +99,28 @@ class ChannelMasks:
 
 @dataclass
 class LabelledBatches:
-    """The clean samples on the device: ``images`` as the model takes them (normalized), ``raw``
-    in [0, 1] (for perturbations in pixel space), and their labels."""
+    """The clean samples on the device, as the model takes them (normalized), with their labels."""
 
-    raw: Tensor
+    images: Tensor
     labels: Tensor
     batch_size: int
-    mean: Tensor | None = None
-    std: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        self.images = self.model_input(self.raw)
-
-    def model_input(self, raw: Tensor) -> Tensor:
-        """Pixel-space images as the model takes them (normalized when the model expects it)."""
-        return raw if self.mean is None else (raw - self.mean) / self.std
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _order(self, generator: torch.Generator) -> Tensor:
-        return torch.randperm(len(self), generator=generator).to(self.raw.device)
-
-    def shuffled_epoch(self, generator: torch.Generator, *, raw: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    def shuffled_epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass in a random order, the last batch possibly smaller (a DataLoader with
         ``shuffle=True``); a last batch of one sample is dropped, since BatchNorm in training
-        mode cannot normalise a single value per channel. ``raw=True`` yields pixel-space images."""
-        source = self.raw if raw else self.images
-        order = self._order(generator)
+        mode cannot normalise a single value per channel."""
+        order = torch.randperm(len(self), generator=generator).to(self.images.device)
         for start in range(0, len(self), self.batch_size):
             idx = order[start : start + self.batch_size]
             if len(idx) > 1:
-                yield source[idx], self.labels[idx]
+                yield self.images[idx], self.labels[idx]
 
     def random_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """A batch drawn with replacement (a RandomSampler with ``replacement=True``)."""
-        idx = torch.randint(len(self), (max(2, min(self.batch_size, len(self))),), generator=generator).to(self.raw.device)
+        idx = torch.randint(len(self), (max(2, min(self.batch_size, len(self))),), generator=generator).to(self.images.device)
         return self.images[idx], self.labels[idx]
 
 
@@ -152,11 +138,12 @@ def labelled_batches(
                            path=data.source, hint="pass an .npz with 'images' and 'labels'")
     if len(data) < 2:
         raise BdpruneError(f"--method {method} needs at least 2 clean samples, got {len(data)}", path=data.source)
-    mean = std = None
+    images = data.images.to(device, torch.float32)
     if normalize is not None:
         mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
         std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
-    return LabelledBatches(data.images.to(device, torch.float32), data.labels.to(device), batch_size, mean, std)
+        images = (images - mean) / std
+    return LabelledBatches(images, data.labels.to(device), batch_size)
 
 
 def cross_entropy(model: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
