@@ -1,3 +1,17 @@
-"""bdprune: audit image-classifier checkpoints for backdoor neurons and prune them."""
+"""bdprune: audit image-classifier checkpoints for backdoor neurons and prune them.
+
+The Python API (``bdprune.scan_model``, ``bdprune.prune_model``, ``bdprune.write_report``, ...) lives in
+:mod:`bdprune.api` and is imported on first use, so ``import bdprune`` stays light.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "scan_model", "prune_model", "write_report", "plot_scan", "plot_curve", "state_sha256", "Pruned", "ScanResult"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bdprune' has no attribute {name!r}")
