@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _slow_reference import bnp_reference, gaussian_kl as reference_kl
+from _tolerances import assert_within, bnp_atol
 from torch import nn
 
 from bdprune.errors import BdpruneError
@@ -52,11 +53,13 @@ def test_gaussian_kl_hand_computed(mu_b, var_b, mu_r, var_r, expected):
 def test_scores_match_the_slow_reference(bn_model, clean_images):
     scores = bnp_scores(bn_model, clean_images, batch_size=16)
     reference = bnp_reference(bn_model, clean_images, batch_size=16)
+    atol = bnp_atol(bn_model, clean_images, batch_size=16)
     assert set(scores) == set(reference) == {"bn1", "bn2", "bn3", "bn4"}
     for name, ref in reference.items():
         assert scores[name].dtype == torch.float64 and scores[name].shape == (len(ref),)
-        # float32 BN inputs are summed in float32 chunks: KL agrees to 1e-8 absolute
-        np.testing.assert_allclose(scores[name].numpy(), ref, rtol=1e-6, atol=1e-8)
+        # float32 BN inputs are summed in float32 chunks: each KL agrees as far as its clean
+        # mean (1e-6 of the std) and variance (1e-6 relative) carry through the formula
+        assert_within(scores[name], ref, atol[name], err_msg=name)
         assert (ref > 0).all()  # the check is not vacuous: clean data differ from the running stats
 
 
