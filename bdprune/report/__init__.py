@@ -18,6 +18,7 @@ class OutputFormat(str, Enum):
     json = "json"
     sarif = "sarif"
     markdown = "markdown"
+    html = "html"
 
 
 class Reporter(Protocol):
@@ -29,4 +30,4 @@ class Reporter(Protocol):
 
 REPORTERS: Registry[Reporter] = Registry("output format")
 
-from . import json_report, markdown, sarif, table  # noqa: E402,F401  (registers the formats)
+from . import html_report, json_report, markdown, sarif, table  # noqa: E402,F401  (registers the formats)
