@@ -27,8 +27,8 @@ from .data import parse_normalize
 from .errors import BdpruneError
 from .inputs import as_image_set
 from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, sha256_file, write_safetensors
-from .scan import LoadedModel, check_batch_size, resolve_device
-from .scoring import ScanResult  # noqa: F401  (re-exported as bdprune.ScanResult)
+from .scan import LoadedModel, check_batch_size, check_samples, resolve_device
+from .scoring import ScanResult
 
 
 @dataclass
@@ -77,6 +77,7 @@ def scan_model(
     ``to_dict()``, the JSON report's document."""
     dev = _device(model, device)
     check_batch_size(batch_size)
+    check_samples(samples, seed)
     images = None if data is None else as_image_set(data, labels, samples=samples, seed=seed)
     loaded = _loaded(model, name, dev)
     return scan_loaded(

@@ -90,14 +90,14 @@ def scan_loaded(
     method_args: Mapping[str, str] | None = None,
 ) -> ScanResult:
     """Score one loaded model on samples already drawn and give it its verdict: the step
-    :func:`scan_checkpoints` runs for each file and :func:`bdprune.scan` for an in-memory model."""
+    :func:`scan_checkpoints` runs for each file and :func:`bdprune.scan_model` for an in-memory model."""
     from .verdict import assess
 
     result = score_model(
         loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
         show_progress=show_progress, seed=seed, method_args=method_args,
     )
-    result.verdict = assess(result, fail_threshold)
+    result.verdict = assess(result, fail_threshold, model=loaded.model, images=images, normalize=normalize, device=device)
     return result
 
 
@@ -273,7 +273,7 @@ class Amount:
 
 def choose_amount(model, result: ScanResult, val: ImageSet, max_acc_drop: float, *, by_k: bool, budget: dict) -> Amount:
     """Choose k (``by_k``: bnp+, anp, rnp) or u from ``max_acc_drop`` points of ACC on ``val``;
-    shared by ``prune`` and :func:`bdprune.prune`. ``budget`` holds device, batch_size, normalize."""
+    shared by ``prune`` and :func:`bdprune.prune_model`. ``budget`` holds device, batch_size, normalize."""
     if by_k:
         k, base_acc, curve = choose_k(model, result, val, max_acc_drop, **budget)
         note = f"chose k={k}: the top-ranked channels before ACC on {Path(val.source).name} first fell more than {max_acc_drop:g} points"

@@ -30,9 +30,8 @@ def as_image_set(data: Any, labels: Any = None, *, samples: int | None, seed: in
     images are in hand, so shuffle it yourself for a random draw."""
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-    from .scan import check_samples
-
-    check_samples(samples, seed)
+    if samples is not None and samples < 1:
+        raise BdpruneError(f"samples must be at least 1, got {samples}")
     if labels is not None and not isinstance(data, (Tensor, np.ndarray)):
         raise BdpruneError("labels= goes with a tensor or array of images", hint="a Dataset or DataLoader carries its own labels")
     if isinstance(data, ImageSet):
