@@ -150,8 +150,8 @@ def curve_figure(outcome: Any, *, max_acc_drop: float | None = None):
         labels: dict[tuple[int, float], list[str]] = {}
         for p in points:
             labels.setdefault((p.channels, p.acc), []).append(f"{p.u:g}")
-        for (x, y), us in labels.items():
-            ax.annotate("u=" + ", ".join(us), (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        for i, ((x, y), us) in enumerate(labels.items()):  # alternate above and below: neighbours crowd
+            ax.annotate("u=" + ", ".join(us), (x, y), textcoords="offset points", xytext=(4, 6 if i % 2 == 0 else -13), fontsize=7)
     chosen = _chosen_point(outcome, points)
     label = f"chosen: k={outcome.k}" if by_k else ("chosen: nothing pruned" if outcome.u is None else f"chosen: u={outcome.u:g}")
     ax.scatter([chosen[0]], [chosen[1]], marker="*", s=320, color=FLAGGED, zorder=4,
