@@ -3,6 +3,20 @@
 Per-layer flags alone cannot gate a build: every layer has a 3-sigma tail, so every model, clean
 ones included, has flagged channels. The verdict reduces a scan to one statistic per checkpoint
 and compares it with a threshold calibrated on clean and backdoored models (benchmarks/RESULTS.md).
+
+For bnp and bnp+ the statistic is scale-free and divided by its bar, so the checkpoint is
+suspicious above 1 (``--fail-threshold`` scales the bar):
+
+* **explained** (the default, needs the model and the clean samples): the class probe (bdprune.target) looks, for every class, for one perturbation that
+  sends the clean samples to it (dense L2 and sparse L1 budgets, growing); for the class each budget
+  reaches best, it asks how much of the network's total BN divergence a share of images carrying
+  that perturbation explains (1 - min_p KL(mixture || running) / KL(clean || running)). A trigger
+  was in the training data, so it explains the running statistics; a clean model's natural weak
+  spot does not. The class whose perturbation explains most is the suspected target.
+* **kl-ratio** (only where the probe cannot run: ``assess`` without a model, or more than
+  PROBE_MAX_CLASSES classes): the largest channel KL over the network's 90th-percentile KL. It is
+  always reported as a component, with its bar, but does not decide when the probe ran: on models
+  outside the calibration part a clean model passed its bar (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,13 +33,19 @@ MIN_CHANNELS = 8  # layers narrower than this have too few channels for a robust
 
 @dataclass
 class Verdict:
-    """``suspicious`` when ``statistic`` exceeds ``threshold``; ``drivers`` are the channels behind it."""
+    """``suspicious`` when ``statistic`` exceeds ``threshold``; ``drivers`` are the channels behind it.
+
+    ``components`` holds each part of a combined rule (its value and its own bar); ``target`` is the
+    suspected target class (None where the evidence does not name one)."""
 
     suspicious: bool
     statistic: float
     threshold: float
     rule: str
     drivers: list[dict] = field(default_factory=list)
+    components: dict = field(default_factory=dict)
+    target: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -33,16 +53,24 @@ class Verdict:
         return "suspicious" if self.suspicious else "clean"
 
 
-# Calibrated on the benchmark zoo (benchmarks/RESULTS.md, "Checkpoint-level verdict"): each
-# threshold sits just above the largest value any clean model showed, so clean models pass.
-# bnp: the largest raw KL of any channel. In a clean model the clean data's statistics match the
-#      running ones everywhere; a backdoor leaves channels whose running statistics were pulled
-#      by triggered samples. This absolute divergence separated best (AUROC 0.96 on the zoo);
-#      per-layer or robust z-scores did not (0.81-0.90), since every layer has a relative tail.
-# bnp+: the same KL scores as bnp, so the same rule.
-# ep, clp: no statistic separated clean from backdoored models on the zoo (AUROC <= 0.69), so
+# bnp and bnp+ ("explained|kl-ratio"; bars chosen on the calibration part of the verdict zoo only,
+# benchmarks/verdict_zoo.py, and reported on models never used for it: benchmarks/RESULTS.md,
+# "Checkpoint-level verdict, scale-free"). The reported statistic is the deciding part divided by
+# its bar, so 1.0 is the default threshold and --fail-threshold X scales the bars by X.
+# Both parts are scale-free: multiplying every KL by a constant (more samples, larger images,
+# another data set's noise floor) changes neither, unlike the raw KL, whose clean values differed
+# 10x between architectures and input kinds. Each bar sits above the largest value of any clean
+# calibration model (kl-ratio 10.4, explained 0.097) by a margin (1.15x, 1.5x).
+KL_RATIO_BAR = 12.0
+EXPLAINED_BAR = 0.15
+MIN_GAP = 0.1  # a probe candidate counts when its class leads the next by this share of images
+TARGET_EXPLAINED = 0.1  # the probe's class is named as the target when its part is at least this
+KL_QUANTILE = 0.9
+PROBE_MAX_CLASSES = 100
+
+# ep, clp: no statistic separated clean from backdoored models on the first zoo (AUROC <= 0.69), so
 #      their bars only catch extreme outliers; prefer bnp for gating.
-RULES = {"bnp": ("max-kl", 0.075), "bnp+": ("max-kl", 0.075), "ep": ("max-robust-z", 200.0), "clp": ("max-robust-z", 10.0)}
+RULES = {"bnp": ("explained|kl-ratio", 1.0), "bnp+": ("explained|kl-ratio", 1.0), "ep": ("max-robust-z", 200.0), "clp": ("max-robust-z", 10.0)}
 
 
 def robust_z(scores: Sequence[float], low_is_suspicious: bool) -> list[float]:
@@ -66,8 +94,31 @@ def _median(values: Sequence[float]) -> float:
     return 0.0 if n == 0 else (values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2]))
 
 
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile with linear interpolation between order statistics (numpy's default)."""
+    v = sorted(values)
+    if not v:
+        return 0.0
+    pos = q * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
+def kl_ratio(result: ScanResult) -> tuple[float, list[tuple[float, str, int, float]]]:
+    """The largest channel KL over the network's KL_QUANTILE quantile, and every channel as
+    (KL / that quantile, layer, channel, KL), largest first."""
+    every = [s for layer in result.layers for s in layer.scores]
+    ref = quantile(every, KL_QUANTILE)
+    scale = ref if ref > 0 else (max(every) if every and max(every) > 0 else 1.0)
+    channels = sorted(((s / scale, layer.name, c, s) for layer in result.layers for c, s in enumerate(layer.scores)), key=lambda t: -t[0])
+    return (channels[0][0] if channels else 0.0), channels
+
+
 def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, str, int, float]]:
     """(value, layer, channel, raw score) of every channel under ``statistic``, largest first."""
+    if statistic == "explained|kl-ratio":
+        return kl_ratio(result)[1]
     channels = []
     for layer in result.layers:
         if statistic == "max-kl":
@@ -79,10 +130,17 @@ def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, 
     return channels
 
 
-def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5) -> Verdict:
-    """The checkpoint's statistic under its method's rule (RULES), and the verdict."""
+def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5, model=None, images=None,
+           normalize: str | None = None, device="cpu") -> Verdict:
+    """The checkpoint's statistic under its method's rule (RULES), and the verdict.
+
+    For bnp and bnp+ the class probe (bdprune.target.class_probe) runs when ``model`` and the
+    clean ``images`` (an ImageSet or a tensor) are given; without them only the kl-ratio part is
+    assessed and a note says so."""
     statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
     threshold = default if fail_threshold is None else fail_threshold
+    if statistic == "explained|kl-ratio":
+        return _assess_combined(result, threshold, top, model, images, normalize, device)
     channels = channel_statistics(result, statistic)
     value = channels[0][0] if channels else 0.0
     drivers = [
@@ -94,6 +152,64 @@ def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int 
         threshold=threshold,
         rule=f"{result.method}-{statistic}",
         drivers=drivers,
+    )
+
+
+def probe_statistic(model, images, *, normalize=None, device="cpu") -> dict | None:
+    """The probe part of the bnp verdict: the class probe's candidate perturbations (one per budget,
+    for the class that budget reaches best), kept where that class leads the next by at least
+    MIN_GAP of the images (the perturbation really singles the class out), and how much of the BN
+    divergence each explains; the candidate that explains most decides. None when the probe cannot
+    run (too many classes)."""
+    from .target import class_probe, explained_divergence
+
+    probe = class_probe(model, images, device=device, normalize=normalize)
+    if probe is None:
+        return None
+    usable = [cand for cand in probe.candidates if cand[2] >= MIN_GAP]
+    if not usable:
+        return {"value": 0.0, "class": None, "budget": None, "gap": probe.gap}
+    explained = explained_divergence(model, images, [cand[3] for cand in usable], device=device, normalize=normalize)
+    i = max(range(len(explained)), key=lambda j: explained[j])
+    budget, target, gap, _ = usable[i]
+    return {"value": explained[i], "class": target, "budget": budget, "gap": gap}
+
+
+def _assess_combined(result: ScanResult, threshold: float, top: int, model, images, normalize, device) -> Verdict:
+    ratio, channels = kl_ratio(result)
+    components = {"kl_ratio": {"value": ratio, "bar": KL_RATIO_BAR * threshold}}
+    notes: list[str] = []
+    probe = None
+    if model is not None and images is not None:
+        from .data import parse_normalize
+        from .scan import resolve_device
+
+        tensor = getattr(images, "images", images)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        norm = parse_normalize(normalize) if isinstance(normalize, str) else normalize
+        probe = probe_statistic(model, tensor, normalize=norm, device=dev)
+        if probe is None:
+            notes.append(f"class probe skipped (more than {PROBE_MAX_CLASSES} classes): kl-ratio only")
+        else:
+            components["explained"] = {**probe, "bar": EXPLAINED_BAR * threshold}
+    else:
+        notes.append("class probe not run (no model or clean images): kl-ratio only")
+    # The probe decides when it ran; the kl-ratio decides only without it (no model, too many classes).
+    value = probe["value"] / EXPLAINED_BAR if probe is not None else ratio / KL_RATIO_BAR
+    suspicious = math.isfinite(value) and value > threshold
+    drivers = [{"layer": name, "channel": c, "score": score, "value": v} for v, name, c, score in channels[:top]] if suspicious else []
+    target = None
+    if suspicious and probe is not None and probe["value"] >= TARGET_EXPLAINED:
+        target = probe["class"]
+    return Verdict(
+        suspicious=suspicious,
+        statistic=value,
+        threshold=threshold,
+        rule=f"{result.method}-explained" if probe is not None else f"{result.method}-kl-ratio",
+        drivers=drivers,
+        components=components,
+        target=target,
+        notes=notes,
     )
 
 

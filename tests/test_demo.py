@@ -91,3 +91,23 @@ def test_cli_demo_exits_0_and_prints_every_step(tmp_path):
     # a second run refuses to overwrite it without --force, before doing any work
     again = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
     assert again.exit_code == 2 and "Step 1/3" not in again.output
+
+
+# --- the verdict at defaults (issue 14) -----------------------------------------------------
+
+def test_default_verdict_flags_the_shipped_model_and_names_its_target(result):
+    v = result.scan.verdict
+    assert v.suspicious and v.statistic > v.threshold == 1.0
+    assert v.target == demo.demo_target() == 0
+    assert v.components["explained"]["value"] > v.components["explained"]["bar"]
+
+
+def test_clean_twin_passes_the_gate_at_defaults():
+    """The shipped clean twin: the demo's recipe and split with nothing poisoned (5 epochs)."""
+    meta = demo.demo_metadata(demo.CLEAN_TWIN)
+    assert meta["poisoned_images"] == "0" and meta["arch"] == "mnist_resnet"
+    res = CliRunner().invoke(app, ["scan", str(demo.CLEAN_TWIN), "--arch", "mnist_resnet", "--data", str(demo.CLEAN),
+                                   "--device", "cpu", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    verdict = json.loads(res.stdout)["verdict"]
+    assert verdict["label"] == "clean" and verdict["target"] is None

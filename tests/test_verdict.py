@@ -2,9 +2,22 @@
 
 import statistics
 
+import numpy as np
 import pytest
 
-from bdprune.verdict import EXIT_CLEAN, EXIT_FINDINGS, RULES, Verdict, assess, exit_code, robust_z
+from bdprune.verdict import (
+    EXIT_CLEAN,
+    EXIT_FINDINGS,
+    KL_QUANTILE,
+    KL_RATIO_BAR,
+    RULES,
+    Verdict,
+    assess,
+    exit_code,
+    kl_ratio,
+    quantile,
+    robust_z,
+)
 from helpers_report import make_result
 
 
@@ -17,13 +30,44 @@ def test_robust_z_matches_median_and_mad_by_hand():
     assert robust_z(scores[:4], False) == [0.0] * 4  # too few channels for a spread
 
 
-def test_bnp_rule_is_the_largest_raw_kl():
+@pytest.mark.parametrize("n", [1, 2, 7, 96])
+def test_quantile_is_numpys_linear_quantile(n):
+    values = list(np.random.default_rng(n).random(n))
+    for q in (0.0, 0.1, 0.5, KL_QUANTILE, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)))
+
+
+def test_kl_ratio_is_the_largest_kl_over_the_networks_90th_percentile():
+    spiked = make_result("b.pt", spike=1.0)
+    every = np.array([s for layer in spiked.layers for s in layer.scores])
+    ratio, channels = kl_ratio(spiked)
+    assert ratio == pytest.approx(every.max() / np.quantile(every, 0.9))
+    assert channels[0][1:3] == ("layer2.bn", 5) and channels[0][3] == every.max()
+
+
+def test_the_bnp_verdict_is_scale_free():
+    """Multiplying every KL by a constant (another data set's noise floor) changes nothing."""
+    for spike in (0.0, 1.0):
+        a = make_result("a.pt", spike=spike)
+        b = make_result("a.pt", spike=spike)
+        for layer in b.layers:
+            layer.scores = [1000.0 * s for s in layer.scores]
+        va, vb = assess(a), assess(b)
+        assert va.statistic == pytest.approx(vb.statistic) and va.suspicious == vb.suspicious
+
+
+def test_bnp_rule_without_a_model_is_the_kl_ratio_part_and_says_so():
     clean, spiked = make_result("a.pt"), make_result("b.pt", spike=1.0)
-    largest = max(s for layer in spiked.layers for s in layer.scores)
-    assert spiked.verdict.statistic == largest and spiked.verdict.suspicious
-    assert spiked.verdict.drivers[0]["layer"] == "layer2.bn" and spiked.verdict.drivers[0]["channel"] == 5
-    assert clean.verdict.statistic < RULES["bnp"][1] and not clean.verdict.suspicious
+    assert RULES["bnp"] == ("explained|kl-ratio", 1.0) and RULES["bnp+"] == RULES["bnp"]
+    v = spiked.verdict
+    assert v.rule == "bnp-kl-ratio" and v.suspicious and v.statistic == pytest.approx(kl_ratio(spiked)[0] / KL_RATIO_BAR)
+    assert v.components["kl_ratio"]["bar"] == KL_RATIO_BAR and "explained" not in v.components
+    assert any("probe not run" in note for note in v.notes)
+    assert v.drivers[0]["layer"] == "layer2.bn" and v.drivers[0]["channel"] == 5
+    assert v.target is None  # the KL part alone names no class
+    assert not clean.verdict.suspicious and clean.verdict.drivers == []
     assert assess(clean, fail_threshold=0.0).suspicious  # the flag moves the bar
+    assert not assess(spiked, fail_threshold=1e6).suspicious
 
 
 def test_exit_code_is_the_worst_verdict():

@@ -17,6 +17,7 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).resolve().parent
 ARCH = "mnist_resnet"
 MODEL = DEMO_DIR / "model.safetensors"
+CLEAN_TWIN = DEMO_DIR / "clean_twin.safetensors"  # the same recipe, nothing poisoned (5 epochs): the verdict's negative control
 CLEAN = DEMO_DIR / "clean.npz"
 TEST = DEMO_DIR / "test.npz"
 TEST_TRIGGERED = DEMO_DIR / "test_triggered.npz"

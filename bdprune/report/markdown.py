@@ -16,13 +16,17 @@ def _cell(text: object) -> str:
 
 def markdown_report(results: Sequence[ScanResult], top: int) -> str:
     """A verdict table over all checkpoints, then each checkpoint's top channels."""
-    lines = ["## bdprune scan", "", "| checkpoint | method | verdict | statistic | threshold | flagged channels (u) |", "|---|---|---|---:|---:|---:|"]
+    lines = ["## bdprune scan", "",
+             "| checkpoint | method | verdict | statistic | threshold | suspected target | channels behind the verdict | flagged channels (u) |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
     for r in results:
         v = r.verdict
         verdict = "-" if v is None else ("**suspicious**" if v.suspicious else "clean")
         stat = "-" if v is None else f"{v.statistic:.2f}"
         thr = "-" if v is None else f"{v.threshold:g}"
-        lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
+        target = "-" if v is None or getattr(v, "target", None) is None else str(v.target)
+        drivers = "-" if v is None or not v.drivers else ", ".join(f"`{_cell(d['layer'])}:{d['channel']}`" for d in v.drivers)
+        lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {target} | {drivers} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
     for r in results:
         if top <= 0:
             break

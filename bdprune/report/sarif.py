@@ -35,7 +35,7 @@ RULES = [
         "id": "BDP002",
         "name": "SuspiciousChannel",
         "shortDescription": {"text": "BatchNorm channel drives the backdoor verdict"},
-        "fullDescription": {"text": "This channel's score is far outside its layer's robust spread."},
+        "fullDescription": {"text": "One of the BatchNorm channels with the largest divergence behind the checkpoint's suspicious verdict."},
         "help": {"text": "Candidates for pruning: `bdprune prune --channels REPORT.json` prunes a reviewed list."},
         "defaultConfiguration": {"level": "warning"},
     },
@@ -76,14 +76,18 @@ def sarif_document(results: Sequence[ScanResult]) -> dict:
         if verdict is None or not verdict.suspicious:
             continue
         uri = _uri(result.checkpoint)
+        target = getattr(verdict, "target", None)
+        said = f"; suspected target class {target}" if target is not None else ""
         findings.append(
             _result(
                 0,
                 "error",
-                f"{result.checkpoint}: {result.method} verdict suspicious (statistic {verdict.statistic:.2f} > threshold {verdict.threshold:g})",
+                f"{result.checkpoint}: {result.method} verdict suspicious (statistic {verdict.statistic:.2f} > threshold {verdict.threshold:g}){said}",
                 uri,
                 _fingerprint("BDP001", result.method),
-                {"method": result.method, "statistic": verdict.statistic, "threshold": verdict.threshold},
+                {"method": result.method, "statistic": verdict.statistic, "threshold": verdict.threshold, "rule": verdict.rule,
+                 "target": target, "components": getattr(verdict, "components", {}) or {},
+                 "channels": [{"layer": d["layer"], "channel": d["channel"]} for d in verdict.drivers]},
             )
         )
         for d in verdict.drivers:

@@ -1,0 +1,321 @@
+"""The suspected target class of a backdoor, from the channels behind the verdict.
+
+A backdoor neuron is quiet on clean data and fires on triggered data; during training a share
+``p`` of the batches were triggered, so the BN layer's running statistics describe a mixture: the
+clean distribution ``(mu_b, var_b)`` with weight ``1 - p`` and the triggered activations at some
+level ``mu_b + d`` with weight ``p``. For such a mixture ``mu_r - mu_b = p d`` and
+``var_r - var_b ~= p (1 - p) d^2``, so the running statistics themselves say where training put
+the channel:
+
+    d = (var_r - var_b) / (mu_r - mu_b)        (the implied trigger offset of the BN input)
+
+:func:`implied_offsets` computes ``d`` per channel (clamped to ``MAX_OFFSET`` running standard
+deviations, so a channel whose means agree cannot send it to infinity). :func:`drive` shifts the
+BN input of the chosen channels by ``d`` on clean images (a forward pre-hook, the model is not
+modified) and counts which class the predictions move to: a backdoor's channels, driven to their
+triggered state, send clean images to the target class. The class that gains the largest share
+of images is the suspected target; the share is reported with it, so a reader can tell a
+decisive answer (most images) from a weak one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .stats import bn_layers, collect_stats
+
+MAX_OFFSET = 8.0  # running standard deviations
+MIN_SHARE = 0.2  # below this share of images moved, no target is named
+
+
+@dataclass
+class TargetGuess:
+    """The class the driven channels send clean images to, and how many they send."""
+
+    target: int | None  # None: no class gained at least MIN_SHARE of the images
+    share: float  # share of clean images (not already predicted as the class) moved to it
+    gains: list[float]  # the same share for every class
+    channels: list[tuple[str, int]]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "share": self.share, "gains": self.gains,
+                "channels": [{"layer": layer, "channel": c} for layer, c in self.channels]}
+
+
+def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = 128,
+                    normalize=None) -> dict[str, dict[str, Tensor]]:
+    """Per BN layer: clean mean/variance of its input (``mu_b``, ``var_b``) and its running ones."""
+    stats = collect_stats(model, images, device=torch.device(device), batch_size=batch_size, moments=True,
+                          normalize=normalize, show_progress=False)
+    out = {}
+    for name, bn in bn_layers(model):
+        st = stats.get(name)
+        if st is None or st.count == 0 or bn.running_mean is None:
+            continue
+        out[name] = {
+            "mu_b": st.mean.double().cpu(), "var_b": st.var.double().clamp_min(1e-12).cpu(),
+            "mu_r": bn.running_mean.detach().double().cpu(), "var_r": bn.running_var.detach().double().clamp_min(1e-12).cpu(),
+        }
+    return out
+
+
+def implied_offsets(m: dict[str, Tensor]) -> Tensor:
+    """``d = (var_r - var_b) / (mu_r - mu_b)`` per channel, clamped to +-MAX_OFFSET running std.
+
+    Where the running variance is not above the clean one there is no triggered component to
+    imply: the offset is the mean difference itself, clamped the same way."""
+    dmu = m["mu_r"] - m["mu_b"]
+    dvar = m["var_r"] - m["var_b"]
+    sd = m["var_r"].sqrt()
+    safe = torch.where(dmu.abs() > 1e-12, dmu, torch.full_like(dmu, 1e-12))
+    d = torch.where(dvar > 0, dvar / safe, dmu)
+    return torch.maximum(torch.minimum(d, MAX_OFFSET * sd), -MAX_OFFSET * sd)
+
+
+class _Shift:
+    """Forward pre-hooks adding a per-channel offset to chosen BN inputs."""
+
+    def __init__(self, model: nn.Module, offsets: dict[str, Tensor]):
+        self.handles = []
+        modules = dict(model.named_modules())
+        for name, off in offsets.items():
+            self.handles.append(modules[name].register_forward_pre_hook(self._hook(off)))
+
+    @staticmethod
+    def _hook(off: Tensor):
+        def hook(_module, inputs):
+            x = inputs[0]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return (x + off.to(x.device, x.dtype).view(shape),) + tuple(inputs[1:])
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _predict(model: nn.Module, images: Tensor, device, batch_size: int, normalize) -> Tensor:
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            if normalize is not None:
+                mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in normalize)
+                x = (x - mean) / std
+            preds.append(model(x).argmax(1).cpu())
+    return torch.cat(preds)
+
+
+def drive(model: nn.Module, images: Tensor, channels: Sequence[tuple[str, int]], moments: dict[str, dict[str, Tensor]], *,
+          device: torch.device | str = "cpu", batch_size: int = 128, normalize=None, base: Tensor | None = None) -> TargetGuess:
+    """Shift ``channels``' BN inputs by their implied trigger offsets on ``images``; the class gaining most."""
+    model.eval().to(device)
+    if base is None:
+        base = _predict(model, images, device, batch_size, normalize)
+    offsets: dict[str, Tensor] = {}
+    for layer, c in channels:
+        if layer not in moments:
+            continue
+        off = offsets.setdefault(layer, torch.zeros_like(moments[layer]["mu_r"]))
+        off[c] = implied_offsets(moments[layer])[c]
+    shift = _Shift(model, offsets)
+    try:
+        after = _predict(model, images, device, batch_size, normalize)
+    finally:
+        shift.remove()
+    classes = int(max(int(base.max()), int(after.max()))) + 1
+    n = len(images)
+    gains = [float(((after == k) & (base != k)).sum()) / n for k in range(classes)]
+    best = max(range(classes), key=lambda k: gains[k])
+    share = gains[best]
+    return TargetGuess(best if share >= MIN_SHARE else None, share, gains, list(channels))
+
+
+# ---------------------------------------------------------------- the class probe
+
+# Budgets of the shared perturbation, from small to large, in units that do not depend on the image
+# size: L2 as a root-mean-square change per pixel value, L1 as a share of all pixel values changed
+# fully (a sparse, patch-like change). Images are in [0, 1] before any --normalize.
+PROBE_L2 = (0.05, 0.1, 0.2)
+PROBE_L1 = (0.005, 0.01, 0.02, 0.04, 0.08)
+PROBE_STEPS = 5  # per budget, warm-started from the previous budget's perturbation
+PROBE_IMAGES = 32
+PROBE_TOPK = 0.05  # the L1 steps move the 5% of pixel values with the largest gradient
+PROBE_MAX_CLASSES = 100  # above this the probe is skipped (its cost grows with the classes)
+
+
+@dataclass
+class ProbeResult:
+    """Per class, the share of clean images one shared perturbation sends to it, at the budget
+    where one class stands out most."""
+
+    success: list[float]  # per class, at the deciding budget
+    target: int  # the class with the largest share there
+    gap: float  # its share minus the second-largest share (the largest gap over all budgets)
+    budget: str  # the deciding budget, e.g. "l2=0.1" or "l1=0.02"
+    images: int
+    seconds: float
+    perturbation: Tensor | None = None  # the target's shared perturbation at that budget, C x H x W
+    candidates: list[tuple[str, int, float, Tensor]] = field(default_factory=list)  # per budget: (budget, best class, gap, its perturbation)
+
+    def to_dict(self) -> dict:
+        return {"success": self.success, "target": self.target, "gap": self.gap, "budget": self.budget,
+                "images": self.images, "seconds": self.seconds, "candidates": [(b, k, g) for b, k, g, _ in self.candidates]}
+
+
+def _normalizer(normalize, channels: int, device, dtype):
+    if normalize is None:
+        return lambda x: x
+    mean, std = (torch.tensor(v, dtype=dtype, device=device) for v in normalize)
+    mean = mean.expand(channels).view(1, -1, 1, 1) if mean.numel() == 1 else mean.view(1, -1, 1, 1)
+    std = std.expand(channels).view(1, -1, 1, 1) if std.numel() == 1 else std.view(1, -1, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+def project_l1(v: Tensor, radius: float) -> Tensor:
+    """Each row of ``v`` projected on the L1 ball of ``radius`` (Duchi et al. 2008, by sorting)."""
+    a = v.abs()
+    over = a.sum(1) > radius
+    if not bool(over.any()):
+        return v
+    s, _ = a.sort(1, descending=True)
+    cs = s.cumsum(1)
+    idx = torch.arange(1, v.shape[1] + 1, dtype=v.dtype, device=v.device)
+    rho = ((s - (cs - radius) / idx) > 0).to(v.dtype).cumsum(1).argmax(1, keepdim=True)
+    theta = (cs.gather(1, rho) - radius) / (rho + 1).to(v.dtype)
+    return torch.where(over[:, None], torch.sign(v) * (a - theta).clamp_min(0), v)
+
+
+def _shares(pred: Tensor, base: Tensor, classes: Tensor) -> list[float]:
+    out = []
+    for j, cls in enumerate(classes.tolist()):
+        others = base != cls
+        out.append(float(((pred[j] == cls) & others).sum()) / max(1, int(others.sum())))
+    return out
+
+
+def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, max_images: int = PROBE_IMAGES,
+                device: torch.device | str = "cpu", normalize=None, batch_size: int = 512) -> ProbeResult | None:
+    """For every class k, the shared perturbation of the clean images that best sends them to k.
+
+    A backdoor trigger is a perturbation shared by all images that sends them to the target, so a
+    backdoored class is reachable at a budget at which no other class takes many images. Per class
+    one perturbation, shared by ``max_images`` images, is found by normalized gradient steps on the
+    cross-entropy towards k, at growing budgets (PROBE_L2: dense, L2; PROBE_L1: sparse, L1, each
+    step moving the PROBE_TOPK largest-gradient pixel values), ``steps`` per budget, pixels
+    clipped to [0, 1]. At each budget the share of images (whose clean prediction was another
+    class) sent to each class is measured; the result is the budget where the best class leads
+    the second by the largest gap. Labels are not needed. Returns None for a model with more than
+    PROBE_MAX_CLASSES outputs.
+    """
+    t0 = time.perf_counter()
+    model = model.eval().to(device)
+    x = images[:max_images].to(device, torch.float32)
+    n, c, h, w = x.shape
+    dim = c * h * w
+    norm = _normalizer(normalize, c, x.device, x.dtype)
+    with torch.no_grad():
+        logits = model(norm(x))
+    base, classes = logits.argmax(1), int(logits.shape[1])
+    if classes > PROBE_MAX_CLASSES or classes < 2:
+        return None
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    best = (-1.0, [0.0] * classes, "")
+    per_budget: dict[str, list[float]] = {}
+    deltas: dict[str, list[Tensor]] = {}
+    chunk = max(1, batch_size // n)
+    topk = max(1, int(PROBE_TOPK * dim))
+    try:
+        for first in range(0, classes, chunk):
+            ks = torch.arange(first, min(classes, first + chunk), device=x.device)
+            k = len(ks)
+            target = ks.repeat_interleave(n)
+            for kind, budgets in (("l2", PROBE_L2), ("l1", PROBE_L1)):
+                delta = torch.zeros((k, dim), device=x.device, requires_grad=True)
+                for budget in budgets:
+                    radius = budget * math.sqrt(dim) if kind == "l2" else budget * dim
+                    for _ in range(steps):
+                        inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
+                        (grad,) = torch.autograd.grad(F.cross_entropy(model(norm(inp)), target), delta)
+                        with torch.no_grad():
+                            if kind == "l2":
+                                delta -= (radius / 4) * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                                delta *= (radius / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                            else:
+                                cut = grad.abs().topk(topk, dim=1).values[:, -1:]
+                                sparse = torch.where(grad.abs() >= cut, grad, torch.zeros_like(grad))
+                                delta -= (radius / 2) * sparse / sparse.abs().sum(1, keepdim=True).clamp_min(1e-12)
+                                delta.copy_(project_l1(delta, radius))
+                    with torch.no_grad():
+                        inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
+                        pred = model(norm(inp)).argmax(1).view(k, n)
+                    key = f"{kind}={budget:g}"
+                    per_budget.setdefault(key, [0.0] * classes)[first : first + k] = _shares(pred, base, ks)
+                    deltas.setdefault(key, []).append(delta.detach().clone())
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    candidates = []
+    for key, success in per_budget.items():
+        order = sorted(range(classes), key=lambda i: -success[i])
+        gap = success[order[0]] - success[order[1]]
+        candidates.append((key, order[0], gap, torch.cat(deltas[key])[order[0]].view(c, h, w).cpu()))
+        if gap > best[0]:
+            best = (gap, success, key)
+    gap, success, key = best
+    target = max(range(classes), key=lambda i: success[i])
+    perturbation = torch.cat(deltas[key])[target].view(c, h, w).cpu() if key else None
+    return ProbeResult(success, target, gap, key, n, time.perf_counter() - t0, perturbation, candidates)
+
+
+MIX = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def explained_divergence(model: nn.Module, images: Tensor, perturbations: Sequence[Tensor], *,
+                         device: torch.device | str = "cpu", normalize=None, batch_size: int = 128) -> list[float]:
+    """How much of the BN divergence a share of perturbed images explains, per perturbation.
+
+    The running statistics of a backdoored model were gathered on training data of which a share
+    carried the trigger. If a perturbation acts like the trigger, mixing a share ``p`` of clean
+    images with it applied into the clean statistics moves them towards the running ones; a
+    perturbation the training data never saw (a clean model's natural weak spot) moves them away.
+    Per perturbation: ``1 - min_p sum KL(mixed || running) / sum KL(clean || running)`` over every
+    BN channel, p in MIX (the mixture's mean and variance are exact for a two-part mixture); at
+    most 1, negative when mixing only hurts."""
+    from .methods.bnp import gaussian_kl
+
+    dev = torch.device(device)
+    clean = channel_moments(model, images, device=dev, batch_size=batch_size, normalize=normalize)
+    base = sum(float(gaussian_kl(m["mu_b"], m["var_b"], m["mu_r"], m["var_r"]).sum()) for m in clean.values())
+    out = []
+    for perturbation in perturbations:
+        moved = (images + perturbation.to(images.dtype).unsqueeze(0)).clamp(0.0, 1.0)
+        trig = channel_moments(model, moved, device=dev, batch_size=batch_size, normalize=normalize)
+        best = min(mixture_kl(clean, trig, p) for p in MIX)
+        out.append(1.0 - best / base if base > 0 else 0.0)
+    return out
+
+
+def mixture_kl(clean: dict[str, dict[str, Tensor]], moved: dict[str, dict[str, Tensor]], p: float) -> float:
+    """Sum over every BN channel of KL(mixture || running), the mixture being ``1 - p`` of the clean
+    statistics and ``p`` of the moved ones (its mean and variance by the law of total variance)."""
+    from .methods.bnp import gaussian_kl
+
+    total = 0.0
+    for name, m in clean.items():
+        t = moved[name]
+        mu = (1 - p) * m["mu_b"] + p * t["mu_b"]
+        second = (1 - p) * (m["var_b"] + m["mu_b"] ** 2) + p * (t["var_b"] + t["mu_b"] ** 2)
+        total += float(gaussian_kl(mu, (second - mu**2).clamp_min(1e-12), m["mu_r"], m["var_r"]).sum())
+    return total

@@ -1,0 +1,82 @@
+"""The class probe and the explained divergence (bdprune.target) against slow references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _slow_reference import bnp_reference
+
+from bdprune.target import channel_moments, class_probe, explained_divergence, mixture_kl, project_l1
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_images(n: int, seed: int) -> torch.Tensor:
+    """``n`` float32 1x8x8 images in [0, 1] (what the conftest's ``bn_model`` eats)."""
+    return torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def l1_projection_reference(v: np.ndarray, radius: float) -> np.ndarray:
+    """Projection on the L1 ball by bisection on the soft threshold (one row)."""
+    if np.abs(v).sum() <= radius:
+        return v.copy()
+    lo, hi = 0.0, float(np.abs(v).max())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.maximum(np.abs(v) - mid, 0).sum() > radius:
+            lo = mid
+        else:
+            hi = mid
+    return np.sign(v) * np.maximum(np.abs(v) - hi, 0)
+
+
+def test_project_l1_matches_bisection():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 50))
+    v[0] *= 0.001  # already inside the ball: unchanged
+    for radius in (0.5, 3.0, 20.0):
+        got = project_l1(torch.from_numpy(v), radius).numpy()
+        for row, want in zip(got, (l1_projection_reference(r, radius) for r in v)):
+            np.testing.assert_allclose(row, want, atol=1e-9)
+            assert np.abs(row).sum() <= radius + 1e-9
+
+
+def test_mixture_kl_equals_the_kl_of_the_pooled_images(bn_model):
+    """A share p of perturbed images pooled with clean ones: the mixture's moments are exact (up
+    to the unbiased-variance factor, here ~1/200)."""
+    clean = make_images(160, seed=3)
+    perturbation = 0.3 * (make_images(1, seed=4)[0] - 0.5)
+    moved = (clean[:40] + perturbation).clamp(0, 1)
+    got = mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 40 / 200)
+    pooled = bnp_reference(bn_model, torch.cat([clean, moved]))
+    want = sum(float(v.sum()) for v in pooled.values())
+    assert got == pytest.approx(want, rel=2e-2)
+    base = sum(float(v.sum()) for v in bnp_reference(bn_model, clean).values())
+    assert mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 0.0) == pytest.approx(base, rel=1e-6)
+
+
+def test_a_zero_perturbation_explains_nothing(bn_model):
+    images = make_images(64, seed=5)
+    [e] = explained_divergence(bn_model, images, [torch.zeros(images.shape[1:])])
+    assert e == pytest.approx(0.0, abs=1e-9)
+
+
+def test_class_probe_shares_and_determinism(bn_model):
+    images = make_images(40, seed=6)
+    a, b = class_probe(bn_model, images), class_probe(bn_model, images)
+    assert a.images == 32 and len(a.success) == 10
+    assert all(0.0 <= s <= 1.0 for s in a.success) and 0.0 <= a.gap <= 1.0
+    assert a.success[a.target] == max(a.success)
+    assert (a.success, a.gap, a.budget) == (b.success, b.gap, b.budget)
+    assert len(a.candidates) == 8 and all(p.shape == images.shape[1:] for *_, p in a.candidates)
+    for budget, _, _, p in a.candidates:  # every candidate stays within its budget
+        kind, value = budget.split("=")
+        dim = p.numel()
+        if kind == "l2":
+            assert float(p.norm()) <= float(value) * math.sqrt(dim) * (1 + 1e-5)
+        else:
+            assert float(p.abs().sum()) <= float(value) * dim * (1 + 1e-5)
+    assert all(p.requires_grad for p in bn_model.parameters())  # restored
