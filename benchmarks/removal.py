@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict] = {
     "bnp+": dict(method="bnp+"),
     "anp-150": dict(method="anp", method_args={"iterations": "150"}),
     "rnp": dict(method="rnp"),
+    "rnp-budget": dict(method="rnp", max_acc_drop=1.0),  # the k lowest masks within 1 point of clean-sample ACC
     "finetune": dict(method="bnp", u=1e9, repair="finetune"),  # u = 1e9 flags nothing: fine-tuning alone
     "rnp+finetune": dict(method="rnp", repair="finetune"),
 }
@@ -174,14 +175,21 @@ def run(args) -> None:
         print(timing(args.threads))
         return
     names = args.variants.split(",") if args.variants else list(VARIANTS)
-    specs = [s for s in zoo.zoo_specs(EPOCHS) if s.part == args.part]
+    specs = [s for s in zoo.zoo_specs(EPOCHS) if s.part == args.part and (not args.arch or s.arch in args.arch)]
     missing = [s.name for s in specs if not zoo.model_path(s).with_suffix(".json").exists()]
-    if missing:  # measure what is trained; the report is only written for the whole part
+    if missing:  # measure what is trained; the report names the rest
         print(f"not trained yet (python benchmarks/run.py zoo --train-only --epochs {EPOCHS}): {', '.join(missing)}")
     specs = [s for s in specs if s.name not in missing]
     metas = {s.name: json.loads(zoo.model_path(s).with_suffix(".json").read_text()) for s in specs}
     rows = []
     for s in specs:
+        if args.cached_only:  # report what earlier runs measured; a model missing a variant is left out
+            cached = [cache_dir() / f"{s.name}__{name}.json" for name in names]
+            if all(p.exists() for p in cached):
+                rows += [json.loads(p.read_text()) for p in cached]
+            else:
+                missing.append(s.name)
+            continue
         unit = forward_seconds(s)
         for name in names:
             rows.append(measure(s, metas[s.name], name, unit))
@@ -191,10 +199,11 @@ def run(args) -> None:
     body = (
         f"## Backdoor removal, {args.part} part of the zoo trained {EPOCHS} epochs (issue 13)\n\n"
         + provenance("cpu")
+        + (f"\n**Not measured** (not trained or measured in this session's time): {', '.join(missing)}.\n" if missing else "")
         + f"\nLoad average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (times are indicative). "
         "Variants (benchmarks/removal.py VARIANTS): "
         + "; ".join(f"`{n}` = {VARIANTS[n]}" for n in names) + ".\n\n" + report(rows, names) + "\n"
     )
-    if args.part == "holdout" and not args.variants and not missing:
+    if args.part == "holdout" and not args.variants and not args.arch:
         write_section("removal", body)
     print(body)

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--variants", default=None, help="comma-separated subset of removal.VARIANTS (prints only)")
     r.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     r.add_argument("--timing", action="store_true", help="only the learned-mask cost on a CIFAR ResNet-18 (prints)")
+    r.add_argument("--cached-only", action="store_true", help="report the cached measurements, measure nothing new")
+    r.add_argument("--arch", action="append", help="only this architecture (repeatable; prints only)")
     s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
     a = sub.add_parser("all", help="zoo then speed")
     for p in (s, a):
