@@ -97,7 +97,7 @@ def scan_loaded(
         loaded, method, data=images, u=u, device=device, batch_size=batch_size, normalize=normalize,
         show_progress=show_progress, seed=seed, method_args=method_args,
     )
-    result.verdict = assess(result, fail_threshold)
+    result.verdict = assess(result, fail_threshold, model=loaded.model, images=images, normalize=normalize, device=device)
     return result
 
 

@@ -187,11 +187,11 @@ def test_scan_clp_without_data_matches_the_reference(digits_run):
 
 def test_scan_at_defaults_fails_the_backdoored_model_and_passes_the_clean_one(digits_run, clean_digits_run):
     """`bdprune scan MODEL --arch ... --data CLEAN` with no method, u or threshold given: the
-    verdict (bnp's largest KL against its calibrated threshold) is the exit code."""
+    verdict (bnp's scale-free statistic against its calibrated bar) is the exit code."""
     codes = {}
     for name, run in (("backdoored", digits_run), ("clean", clean_digits_run)):
         code, report = scan_json(run, "--data", str(run["clean_npz"]))
-        assert report["method"] == "bnp" and report["verdict"]["threshold"] == 0.075
+        assert report["method"] == "bnp" and report["verdict"]["threshold"] == 1.0
         assert (report["verdict"]["label"] == "suspicious") == (code == 1)
         codes[name] = code
     assert codes == {"backdoored": 1, "clean": 0}
