@@ -21,15 +21,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def model_and_scan():
-    """A model, its 64 images and one bnp scan at u=1 (the verdict's class probe is not free, so
-    tests that only need some scan share this one; they must not change the model)."""
-    from _images import make_images
-    from conftest import make_trained_ish_model
+_SHARED: dict = {}
 
-    model, images = make_trained_ish_model(), make_images(64)
-    return model, images, bdprune.scan_model(model, images, u=1.0)
+
+@pytest.fixture
+def model_and_scan(make_bn_model):
+    """A model, its 64 images and one bnp scan at u=1, made once for the module (the verdict's
+    class probe is not free, so tests that only need some scan share it; they must not change the
+    model). ``conftest`` is ambiguous under tests/, hence the factory fixture, not an import."""
+    if not _SHARED:
+        from _images import make_images
+
+        model, images = make_bn_model(), make_images(64)
+        _SHARED["value"] = model, images, bdprune.scan_model(model, images, u=1.0)
+    return _SHARED["value"]
 
 
 @pytest.fixture(autouse=True)

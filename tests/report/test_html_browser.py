@@ -48,23 +48,28 @@ def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    """An HTML report of two real checkpoints, written by the CLI."""
+_REPORT: dict = {}
+
+
+@pytest.fixture
+def report(tmp_path_factory, make_bn_model) -> Path:
+    """An HTML report of two real checkpoints, written by the CLI once for the module."""
     import torch
 
     from _images import make_images
-    from conftest import make_trained_ish_model
 
+    if "path" in _REPORT:
+        return _REPORT["path"]
     work = tmp_path_factory.mktemp("browser")
     for seed in (0, 1):
-        torch.save(make_trained_ish_model(seed).state_dict(), work / f"model{seed}.pt")
+        torch.save(make_bn_model(seed).state_dict(), work / f"model{seed}.pt")
     np.savez(work / "clean.npz", images=make_images(64).numpy(), labels=np.arange(64) % 10)
     out = work / "report.html"
     args = ["scan", str(work / "model0.pt"), str(work / "model1.pt"), "--arch", "smallcnn", "--arch-arg", "width=8",
             "--data", str(work / "clean.npz"), "--format", "html", "-o", str(out), "--exit-zero"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    _REPORT["path"] = out
     return out
 
 
