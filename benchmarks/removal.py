@@ -4,7 +4,8 @@ through bdprune's library exactly as the CLI runs it, on the clean samples only.
     python benchmarks/run.py removal                      # holdout part, every variant -> RESULTS.md
     python benchmarks/run.py removal --part tune          # tune part (prints; where choices are made)
     python benchmarks/run.py removal --variants rnp,anp   # a subset (prints)
-    python benchmarks/run.py removal --timing             # learned-mask cost on a CIFAR ResNet-18 (prints)
+    python benchmarks/run.py removal --cached-only        # rewrite the report from cached rows
+    python benchmarks/run.py removal --timing --threads 2 # learned-mask cost on a CIFAR ResNet-18
 
 Models: the zoo trained ``zoo.REMOVAL_EPOCHS`` epochs (benchmarks/zoo.py; train it first with
 ``python benchmarks/run.py zoo --train-only --epochs 8``). Each (model, variant) is cached under
@@ -172,7 +173,10 @@ def run(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.timing:
-        print(timing(args.threads))
+        body = ("## Learned-mask cost on the paper's CIFAR ResNet-18 (issue 13)\n\n" + provenance("cpu")
+                + f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.\n\n" + timing(args.threads) + "\n")
+        write_section("removal-timing", body)
+        print(body)
         return
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     specs = [s for s in zoo.zoo_specs(EPOCHS) if s.part == args.part and (not args.arch or s.arch in args.arch)]
@@ -200,6 +204,8 @@ def run(args) -> None:
         f"## Backdoor removal, {args.part} part of the zoo trained {EPOCHS} epochs (issue 13)\n\n"
         + provenance("cpu")
         + (f"\n**Not measured** (not trained or measured in this session's time): {', '.join(missing)}.\n" if missing else "")
+        + ("\nRows measured by earlier runs of `removal` (one process per architecture, one torch thread each, beside "
+           "other jobs: seconds are inflated up to ~3x), read back from the cache.\n" if args.cached_only else "")
         + f"\nLoad average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (times are indicative). "
         "Variants (benchmarks/removal.py VARIANTS): "
         + "; ".join(f"`{n}` = {VARIANTS[n]}" for n in names) + ".\n\n" + report(rows, names) + "\n"
