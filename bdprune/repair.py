@@ -58,7 +58,7 @@ def repair_model(
 ) -> nn.Module:
     """A repaired copy of the pruned ``model`` (``model`` itself is not changed)."""
     net = copy.deepcopy(model).to(device)
-    batches = labelled_batches(data, method=f"--repair {settings.mode}", device=device, batch_size=settings.batch_size,
+    batches = labelled_batches(data, purpose=f"--repair {settings.mode}", device=device, batch_size=settings.batch_size,
                                normalize=normalize)
     g = torch.Generator().manual_seed(seed)
     if settings.mode == "bn":

@@ -44,7 +44,7 @@ class ANP(Method):
     def score(self, ctx: ScoreContext) -> dict[str, Tensor]:
         o = self.options
         assert ctx.data is not None
-        data = labelled_batches(ctx.data, method=self.name, device=ctx.device, batch_size=o["batch"], normalize=ctx.normalize)
+        data = labelled_batches(ctx.data, purpose=f"--method {self.name}", device=ctx.device, batch_size=o["batch"], normalize=ctx.normalize)
         masked = ChannelMasks(ctx.model, device=ctx.device, noise=o["eps"] > 0)
         ctx.notes += [f"{layer}: no affine parameters; not masked" for layer in masked.skipped]
         model = masked.model.train()

@@ -127,17 +127,18 @@ class LabelledBatches:
 def labelled_batches(
     data: ImageSet,
     *,
-    method: str,
+    purpose: str,
     device: torch.device,
     batch_size: int,
     normalize: tuple[Sequence[float], Sequence[float]] | None,
 ) -> LabelledBatches:
-    """Check that ``data`` can train masks (labels, two or more samples) and put it on ``device``."""
+    """Check that ``data`` can be trained on (labels, two or more samples) and put it on ``device``;
+    ``purpose`` (e.g. ``--method anp``) names what needs it in the errors."""
     if data.labels is None:
-        raise BdpruneError(f"--method {method} learns masks on labelled clean samples, and this data has no labels",
+        raise BdpruneError(f"{purpose} learns on labelled clean samples, and this data has no labels",
                            path=data.source, hint="pass an .npz with 'images' and 'labels'")
     if len(data) < 2:
-        raise BdpruneError(f"--method {method} needs at least 2 clean samples, got {len(data)}", path=data.source)
+        raise BdpruneError(f"{purpose} needs at least 2 clean samples, got {len(data)}", path=data.source)
     images = data.images.to(device, torch.float32)
     if normalize is not None:
         mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)

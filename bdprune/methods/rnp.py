@@ -56,7 +56,7 @@ class RNP(Method):
     def score(self, ctx: ScoreContext) -> dict[str, Tensor]:
         o = self.options
         assert ctx.data is not None
-        data = labelled_batches(ctx.data, method=self.name, device=ctx.device, batch_size=o["batch"], normalize=ctx.normalize)
+        data = labelled_batches(ctx.data, purpose=f"--method {self.name}", device=ctx.device, batch_size=o["batch"], normalize=ctx.normalize)
         g = torch.Generator().manual_seed(ctx.seed)
         total = o["unlearn_epochs"] + 1 + o["recover_epochs"]
         with progress_bar(total, "rnp: unlearn, then recover", enabled=ctx.show_progress) as advance:

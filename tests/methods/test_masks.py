@@ -140,8 +140,8 @@ def test_bn_without_affine_is_skipped_and_a_model_with_none_is_refused():
 def test_labelled_batches_need_labels_and_apply_normalization(tmp_path):
     images = make_images(6)
     with pytest.raises(BdpruneError, match="no labels"):
-        labelled_batches(ImageSet(images, None, tmp_path / "x.npz"), method="rnp", device=CPU, batch_size=4, normalize=None)
-    data = labelled_batches(ImageSet(images, _labels(6), tmp_path / "x.npz"), method="rnp", device=CPU, batch_size=4,
+        labelled_batches(ImageSet(images, None, tmp_path / "x.npz"), purpose="--method rnp", device=CPU, batch_size=4, normalize=None)
+    data = labelled_batches(ImageSet(images, _labels(6), tmp_path / "x.npz"), purpose="--method rnp", device=CPU, batch_size=4,
                             normalize=((0.5,), (0.25,)))
     torch.testing.assert_close(data.images, (images - 0.5) / 0.25)
     g = torch.Generator().manual_seed(0)

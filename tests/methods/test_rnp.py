@@ -21,7 +21,7 @@ def _data(n=32):
 
 
 def _batches(n=32, batch=16):
-    return labelled_batches(_data(n), method="rnp", device=CPU, batch_size=batch, normalize=None)
+    return labelled_batches(_data(n), purpose="--method rnp", device=CPU, batch_size=batch, normalize=None)
 
 
 def test_unlearning_stops_after_the_first_epoch_at_or_below_the_target(bn_model):
