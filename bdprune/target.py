@@ -181,6 +181,17 @@ def _normalizer(normalize, channels: int, device, dtype):
     return lambda x: (x - mean) / std
 
 
+def clip_pixels(x: Tensor) -> Tensor:
+    """``x`` clamped to [0, 1], with the gradient passed wherever 0 <= x <= 1, bounds included.
+
+    torch's own ``clamp`` changed its gradient at the bounds between releases (2.13 passes it,
+    2.14 gives 0), and images hold many pixels exactly at 0 or 1 (MNIST's black background): with
+    a zero gradient there, no perturbation can start in the background where patch triggers sit,
+    and the probe's result would depend on the torch version."""
+    inside = ((x >= 0) & (x <= 1)).to(x.dtype)
+    return x.clamp(0.0, 1.0).detach() + (x - x.detach()) * inside
+
+
 def project_l1(v: Tensor, radius: float) -> Tensor:
     """Each row of ``v`` projected on the L1 ball of ``radius`` (Duchi et al. 2008, by sorting)."""
     a = v.abs()
@@ -246,7 +257,7 @@ def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, m
                 for budget in budgets:
                     radius = budget * math.sqrt(dim) if kind == "l2" else budget * dim
                     for _ in range(steps):
-                        inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
+                        inp = clip_pixels(x.unsqueeze(0) + delta.view(k, 1, c, h, w)).view(-1, c, h, w)
                         (grad,) = torch.autograd.grad(F.cross_entropy(model(norm(inp)), target), delta)
                         with torch.no_grad():
                             if kind == "l2":

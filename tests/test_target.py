@@ -80,3 +80,15 @@ def test_class_probe_shares_and_determinism(bn_model):
         else:
             assert float(p.abs().sum()) <= float(value) * dim * (1 + 1e-5)
     assert all(p.requires_grad for p in bn_model.parameters())  # restored
+
+
+def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
+    """Forward: clamp to [0, 1]. Backward: 1 wherever 0 <= x <= 1 (bounds included), 0 outside,
+    whatever torch's own clamp does at the bounds (its gradient there changed in 2.14)."""
+    from bdprune.target import clip_pixels
+
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    y = clip_pixels(x)
+    assert y.tolist() == [0.0, 0.0, pytest.approx(0.3), 1.0, 1.0]
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
