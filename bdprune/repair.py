@@ -19,7 +19,7 @@ from torch import nn
 from .data import ImageSet
 from .errors import BdpruneError
 from .evaluate import accuracy, predict
-from .methods.masks import cross_entropy, labelled_batches
+from .methods.masks import cross_entropy, labelled_batches, seeded_rng
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
 
@@ -64,8 +64,7 @@ def repair_model(
     if settings.mode == "bn":
         reestimate_bn(net, batches.images, settings.batch_size)
     elif settings.mode == "finetune":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed, device):
             net.train()
             opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
             for _ in range(settings.epochs):

@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
 from .data import ImageSet, check_fits, load_images, parse_normalize
 from .errors import BdpruneError
 from .methods import METHODS, Method, ScoreContext
+from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
 from .stats import bn_layers, collect_stats
 
@@ -203,9 +204,7 @@ def score_model(
                        show_progress=show_progress)
     try:
         # Learning methods need gradients, and their global-RNG use (dropout) seeded, not the caller's.
-        with torch.random.fork_rng(devices=[]) if method_cls.trains else torch.inference_mode():
-            if method_cls.trains:
-                torch.manual_seed(seed)
+        with seeded_rng(seed, dev) if method_cls.trains else torch.inference_mode():
             raw = method_obj.score(ctx)
             fill = method_obj.fill_values(ctx)
     except BdpruneError as exc:  # e.g. a BN without running statistics: name the checkpoint

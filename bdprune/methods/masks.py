@@ -11,6 +11,7 @@ model. The model's own parameters are frozen; only the masks (and ANP's noise) g
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -145,6 +146,15 @@ def labelled_batches(
         std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
         images = (images - mean) / std
     return LabelledBatches(images, data.labels.to(device), batch_size)
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG (dropout draws from it) for a training run and restore the caller's
+    state afterwards, the CPU's and, on CUDA, the device's."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def cross_entropy(model: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
