@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint
-from .core import PruneOutcome, choose_amount, scan_loaded
+from .core import PruneOutcome, choose_amount, prune_and_repair, scan_loaded
 from .data import parse_normalize
 from .errors import BdpruneError
 from .inputs import as_image_set
 from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, sha256_file, write_safetensors
+from .repair import RepairSettings
 from .scan import LoadedModel, check_batch_size, check_samples, resolve_device
 from .scoring import ScanResult
 
@@ -102,6 +103,9 @@ def prune_model(
     normalize: str = "none",
     device: str | torch.device | None = None,
     batch_size: int = 128,
+    repair: str | RepairSettings = "none",
+    repair_data: Any = None,
+    seed: int = 0,
 ) -> Pruned:
     """Prune the channels ``result`` flags in a copy of ``model`` (in ``model`` itself with
     ``in_place=True``), as ``bdprune prune`` does, and write it to ``output`` (safetensors, the
@@ -113,8 +117,10 @@ def prune_model(
     (k for bnp+, anp and rnp) from a clean-accuracy budget. bnp+ always uses a budget (default 1
     point) unless ``k`` or ``channels`` is given. ``source`` is the checkpoint file the model came
     from, whose SHA-256 the file records; without it, the SHA-256 of the unpruned state_dict
-    serialized as safetensors (:func:`state_sha256`). Returns :class:`Pruned`; ``.model`` is the
-    pruned module."""
+    serialized as safetensors (:func:`state_sha256`). ``repair`` (``bn``, ``finetune`` or
+    ``unlearn``, or a :class:`~bdprune.repair.RepairSettings`) then recovers the pruned model on the
+    labelled clean ``repair_data``, as ``prune --repair`` does. Returns :class:`Pruned`; ``.model``
+    is the pruned (and repaired) module."""
     chosen = [name for name, value in (("u", u), ("k", k), ("channels", channels), ("max_acc_drop", max_acc_drop)) if value is not None]
     if len(chosen) > 1:
         raise BdpruneError(f"pass one of u, k, channels and max_acc_drop, not {' and '.join(chosen)}")
@@ -129,6 +135,9 @@ def prune_model(
         max_acc_drop = DEFAULT_MAX_ACC_DROP
     if (max_acc_drop is None) != (val is None):
         raise BdpruneError("max_acc_drop and val go together", hint="pass both to choose the amount from a clean-accuracy budget")
+    settings = (repair if isinstance(repair, RepairSettings) else RepairSettings(str(repair))).check()
+    if (settings.mode == "none") != (repair_data is None):
+        raise BdpruneError("repair and repair_data go together", hint="pass repair='unlearn' (or bn, finetune) with labelled clean repair_data")
     out = None if output is None else Path(output)
     inputs = () if source is None else (Path(source),)
     if out is not None:
@@ -162,7 +171,18 @@ def prune_model(
         result = result.rethreshold(float(u)) if u is not None else result
         picked = result.flagged_channels()
     check_channels(work, picked, result.pruned_params, fill=result.fill, source=result.checkpoint)
-    mask_model(work, picked, result.pruned_params, result.fill)
+    repair_acc = None
+    if settings.mode == "none":
+        mask_model(work, picked, result.pruned_params, result.fill)
+    else:
+        clean = as_image_set(repair_data, samples=None, seed=0)
+        budget = dict(device=dev, normalize=parse_normalize(normalize))
+        repaired, repair_acc, (found_notes, found_meta) = prune_and_repair(work, picked, result.pruned_params, result.fill, clean,
+                                                                           settings, budget, seed)
+        work.load_state_dict(repaired.state_dict())
+        notes += found_notes
+        extra.update({"repair": settings.mode, "repair_epochs": str(settings.epochs) if settings.mode in ("finetune", "unlearn") else "",
+                      "repair_samples": str(len(clean)), **found_meta})
     for module, training in modes.items():  # a budget's forward passes put the model in eval mode
         module.train(training)
     used_u = None if used_k is not None or channels is not None else result.u
@@ -173,7 +193,7 @@ def prune_model(
                                     channels=picked, params=result.pruned_params, fill=result.fill, extra=extra, source_sha256=digest)
         write_safetensors(tensors, out, metadata, source=inputs[0] if inputs else None, force=force)
     return Pruned(out, result.method, meta_u, picked, result.pruned_params, result.channels_total, curve, base_acc, notes,
-                  used_k, result.fill is not None, model=work, max_acc_drop=max_acc_drop)
+                  used_k, result.fill is not None, settings.mode, repair_acc, model=work, max_acc_drop=max_acc_drop)
 
 
 def write_report(results: ScanResult | Sequence[ScanResult], path: str | Path, *, format: str = "html", top: int = 20) -> Path:

@@ -25,7 +25,7 @@ from .prune import (
     pruning_metadata,
     write_safetensors,
 )
-from .repair import RepairSettings, clean_accuracy, repair_model
+from .repair import RepairSettings, clean_accuracy, find_triggers, repair_model
 from .scan import LoadedModel, check_batch_size, check_samples, check_u, load_model, load_samples, resolve_device, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
@@ -241,11 +241,12 @@ def prune_checkpoint(
         tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
     else:
         clean = images if repair_data == data else load_samples(repair_data, None, seed)
-        model, acc = _pruned_and_repaired(loaded.model, channels, params, fill, clean, repair, budget, seed)
+        model, acc, (found_notes, found_meta) = prune_and_repair(loaded.model, channels, params, fill, clean, repair, budget, seed)
         tensors = model_tensors(loaded.checkpoint, model)
         repair_acc = acc
-        extra.update({"repair": repair.mode, "repair_epochs": str(repair.epochs) if repair.mode == "finetune" else "",
-                      "repair_samples": str(len(clean))})
+        extra.update({"repair": repair.mode, "repair_epochs": str(repair.epochs) if repair.mode in ("finetune", "unlearn") else "",
+                      "repair_samples": str(len(clean)), **found_meta})
+        notes += found_notes
         notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
                      f"-> {acc[2]:.2f}% repaired")
     meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
@@ -284,17 +285,23 @@ def choose_amount(model, result: ScanResult, val: ImageSet, max_acc_drop: float,
     return Amount(result, result.flagged_channels(), None, base_acc, curve, note, {})
 
 
-def _pruned_and_repaired(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
-    """Prune ``model`` in place, repair a copy; return the copy and the clean samples' ACC
-    (original, pruned, repaired)."""
+def prune_and_repair(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
+    """Prune ``model`` in place, repair a copy; return the copy, the clean samples' ACC (original,
+    pruned, repaired) and what ``unlearn`` found (notes and metadata; empty for other repairs).
+    Shared by ``prune --repair`` and :func:`bdprune.prune_model`; ``budget`` holds device and normalize."""
     if clean.labels is None:
         raise BdpruneError(f"--repair {repair.mode} trains on labelled clean samples, and this data has no labels", path=clean.source)
     dev, norm = budget["device"], budget["normalize"]
     before = clean_accuracy(model, clean, device=dev, normalize=norm)
+    triggers, found = None, ([], {})
+    if repair.mode == "unlearn":  # on the model as it came: pruning takes away the divergence the trigger explains
+        suspect, note = find_triggers(model, clean, device=dev, normalize=norm)
+        triggers = suspect.perturbations if suspect is not None else None
+        found = ([note], {} if suspect is None else {"unlearned_class": str(suspect.target), "unlearned_explained": f"{suspect.explained:.4f}"})
     mask_model(model, channels, params, fill)
     pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
-    repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed)
-    return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm))
+    repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed, triggers=triggers)
+    return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm)), found
 
 
 def evaluate_checkpoints(

@@ -1,6 +1,18 @@
 """Optional recovery after pruning, on the clean samples only: re-estimate the BatchNorm running
-statistics (``bn``) or fine-tune the whole pruned model a few epochs (``finetune``, as
-Fine-Pruning, Liu et al., RAID 2018).
+statistics (``bn``), fine-tune the whole pruned model a few epochs (``finetune``, as
+Fine-Pruning, Liu et al., RAID 2018), or fine-tune it to ignore the trigger the verdict's class
+probe synthesizes (``unlearn``, the unlearning of Neural Cleanse, Wang et al., S&P 2019, with
+bdprune's probe in place of its trigger reverse-engineering).
+
+``unlearn`` runs the class probe (bdprune.target) on the model before pruning, as the verdict
+does (pruning takes away the BN divergence a trigger would explain); when the candidate that
+explains most of that divergence reaches the verdict's bar (the checkpoint is judged suspicious),
+every perturbation the probe found for that class is a synthesized trigger. Each
+fine-tuning batch is then the clean batch plus the same images carrying one of them (drawn at
+random per batch) with their true labels, so the network learns that the trigger means nothing.
+Below the bar no trigger is named and ``unlearn`` fine-tunes on the clean batches alone, exactly
+as ``finetune``: adversarial perturbations of a clean model are its natural weak spots, and
+unlearning them cost clean models up to 2.5 points of ACC on the zoo's tune part.
 
 Pruned channels stay pruned: after every step their parameters are set back to what pruning
 gave them, so the file's ``pruned_channels`` metadata stays true. A backdoor can still regrow
@@ -14,7 +26,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import ImageSet
 from .errors import BdpruneError
@@ -22,8 +34,9 @@ from .evaluate import accuracy, predict
 from .methods.masks import cross_entropy, labelled_batches, seeded_rng
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
+from .target import SuspectTrigger, suspect_trigger
 
-REPAIRS = ("none", "bn", "finetune")
+REPAIRS = ("none", "bn", "finetune", "unlearn")
 
 
 @dataclass
@@ -31,7 +44,7 @@ class RepairSettings:
     """How to repair: ``mode`` in REPAIRS, and the fine-tune's epochs, learning rate and batch."""
 
     mode: str = "none"
-    epochs: int = 10
+    epochs: int = 10  # finetune and unlearn
     lr: float = 0.01
     batch_size: int = 128
 
@@ -55,26 +68,54 @@ def repair_model(
     device: torch.device,
     normalize=None,
     seed: int = 0,
+    triggers: Sequence[Tensor] | None = None,
 ) -> nn.Module:
-    """A repaired copy of the pruned ``model`` (``model`` itself is not changed)."""
+    """A repaired copy of the pruned ``model`` (``model`` itself is not changed). ``triggers`` are
+    the pixel-space perturbations ``unlearn`` teaches the model to ignore (:func:`find_triggers`);
+    without them ``unlearn`` is ``finetune``."""
     net = copy.deepcopy(model).to(device)
     batches = labelled_batches(data, purpose=f"--repair {settings.mode}", device=device, batch_size=settings.batch_size,
                                normalize=normalize)
-    g = torch.Generator().manual_seed(seed)
     if settings.mode == "bn":
         reestimate_bn(net, batches.images, settings.batch_size)
-    elif settings.mode == "finetune":
-        with seeded_rng(seed, device):
-            net.train()
-            opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-            for _ in range(settings.epochs):
-                for images, labels in batches.shuffled_epoch(g):
-                    loss, _ = cross_entropy(net, images, labels)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    mask_model(net, channels, params, fill)  # hold the pruned channels pruned
+        return net.eval()
+    stamped = []
+    if settings.mode == "unlearn":
+        stamped = [labelled_batches(ImageSet((data.images + p).clamp(0.0, 1.0), data.labels, data.source), purpose="--repair unlearn",
+                                    device=device, batch_size=settings.batch_size, normalize=normalize).images
+                   for p in triggers or ()]
+    g = torch.Generator().manual_seed(seed)
+    with seeded_rng(seed, device):
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+        for _ in range(settings.epochs):
+            for idx in batches.shuffled_indices(g):
+                images, labels = batches.images[idx], batches.labels[idx]
+                if stamped:  # the same images carrying one synthesized trigger, with their true labels
+                    pick = stamped[int(torch.randint(len(stamped), (1,), generator=g))]
+                    images, labels = torch.cat([images, pick[idx]]), torch.cat([labels, labels])
+                loss, _ = cross_entropy(net, images, labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                mask_model(net, channels, params, fill)  # hold the pruned channels pruned
     return net.eval()
+
+
+def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, normalize=None) -> tuple[SuspectTrigger | None, str]:
+    """The trigger ``unlearn`` removes: the class probe's suspect when it explains at least the
+    verdict's bar (EXPLAINED_BAR) of the BN divergence, else None; and a note saying which."""
+    from .verdict import EXPLAINED_BAR, MIN_GAP
+
+    found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
+    suspect = None if found is None else found[1]
+    if suspect is None or suspect.explained < EXPLAINED_BAR:
+        why = "the class probe cannot run (too many classes)" if found is None else (
+            "no class probe candidate singles out a class" if suspect is None
+            else f"the best explains {suspect.explained:.3f} of the BN divergence, below the verdict's bar {EXPLAINED_BAR}")
+        return None, f"--repair unlearn found no trigger ({why}): fine-tuned on the clean samples alone"
+    return suspect, (f"--repair unlearn: the class probe's trigger for class {suspect.target} ({suspect.budget}) explains "
+                     f"{suspect.explained:.3f} of the BN divergence; unlearned {len(suspect.perturbations)} synthesized triggers")
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:

@@ -293,6 +293,37 @@ def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, m
 MIX = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
+@dataclass
+class SuspectTrigger:
+    """The probe candidate that explains most of the BN divergence: its class, budget, gap and
+    explained share, with every candidate perturbation the probe found for that class."""
+
+    target: int
+    budget: str
+    gap: float
+    explained: float
+    perturbations: list[Tensor]  # C x H x W each, pixel space, one per budget that reached ``target``
+
+
+def suspect_trigger(model: nn.Module, images: Tensor, *, min_gap: float, device: torch.device | str = "cpu",
+                    normalize=None) -> tuple[ProbeResult, SuspectTrigger | None] | None:
+    """Run the class probe, keep the candidates whose class leads the next by ``min_gap`` of the
+    images, and pick the one explaining most of the BN divergence (:func:`explained_divergence`).
+    None when the probe cannot run (too many classes); the suspect is None when no candidate
+    singles a class out."""
+    probe = class_probe(model, images, device=device, normalize=normalize)
+    if probe is None:
+        return None
+    usable = [cand for cand in probe.candidates if cand[2] >= min_gap]
+    if not usable:
+        return probe, None
+    explained = explained_divergence(model, images, [cand[3] for cand in usable], device=device, normalize=normalize)
+    i = max(range(len(explained)), key=lambda j: explained[j])
+    budget, target, gap, _ = usable[i]
+    same = [cand[3] for cand in probe.candidates if cand[1] == target]
+    return probe, SuspectTrigger(target, budget, gap, explained[i], same)
+
+
 def explained_divergence(model: nn.Module, images: Tensor, perturbations: Sequence[Tensor], *,
                          device: torch.device | str = "cpu", normalize=None, batch_size: int = 128) -> list[float]:
     """How much of the BN divergence a share of perturbed images explains, per perturbation.

@@ -161,18 +161,15 @@ def probe_statistic(model, images, *, normalize=None, device="cpu") -> dict | No
     MIN_GAP of the images (the perturbation really singles the class out), and how much of the BN
     divergence each explains; the candidate that explains most decides. None when the probe cannot
     run (too many classes)."""
-    from .target import class_probe, explained_divergence
+    from .target import suspect_trigger
 
-    probe = class_probe(model, images, device=device, normalize=normalize)
-    if probe is None:
+    found = suspect_trigger(model, images, min_gap=MIN_GAP, device=device, normalize=normalize)
+    if found is None:
         return None
-    usable = [cand for cand in probe.candidates if cand[2] >= MIN_GAP]
-    if not usable:
+    probe, suspect = found
+    if suspect is None:
         return {"value": 0.0, "class": None, "budget": None, "gap": probe.gap}
-    explained = explained_divergence(model, images, [cand[3] for cand in usable], device=device, normalize=normalize)
-    i = max(range(len(explained)), key=lambda j: explained[j])
-    budget, target, gap, _ = usable[i]
-    return {"value": explained[i], "class": target, "budget": budget, "gap": gap}
+    return {"value": suspect.explained, "class": suspect.target, "budget": suspect.budget, "gap": suspect.gap}
 
 
 def _assess_combined(result: ScanResult, threshold: float, top: int, model, images, normalize, device) -> Verdict:

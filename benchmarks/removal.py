@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "rnp-budget": dict(method="rnp", max_acc_drop=1.0),  # the k lowest masks within 1 point of clean-sample ACC
     "finetune": dict(method="bnp", u=1e9, repair="finetune"),  # u = 1e9 flags nothing: fine-tuning alone
     "rnp+finetune": dict(method="rnp", repair="finetune"),
+    "unlearn": dict(method="bnp", u=1e9, repair="unlearn"),  # no pruning: unlearning the probe's trigger alone
+    "bnp+unlearn": dict(method="bnp", repair="unlearn"),
+    "bnp+unlearn-lr005": dict(method="bnp", repair="unlearn", repair_lr=0.005),
 }
 
 
@@ -67,7 +70,7 @@ def measure(spec: zoo.ModelSpec, meta: dict, name: str, unit: float) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     v = dict(VARIANTS[name])
-    repair = RepairSettings(v.pop("repair", "none"))
+    repair = RepairSettings(v.pop("repair", "none"), lr=v.pop("repair_lr", 0.01))
     out = cache_dir() / "pruned" / f"{spec.name}__{name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -142,7 +145,7 @@ def report(rows: list[dict], names: list[str]) -> str:
 
 
 def timing(threads: int) -> str:
-    """Seconds per step of anp and per epoch of rnp on the paper's CIFAR ResNet-18 (width 64,
+    """Seconds per step of anp, per epoch of rnp and of --repair unlearn (plus its class probe) on the paper's CIFAR ResNet-18 (width 64,
     32x32 RGB) with 500 samples, extrapolated to their defaults. The weights are untrained:
     the cost of a step does not depend on them."""
     from bdprune.archs import build_model
@@ -159,12 +162,24 @@ def timing(threads: int) -> str:
     t0 = time.perf_counter()
     METHODS.get("rnp")({"unlearn_epochs": "0", "stop_acc": "1", "recover_epochs": "2"}).score(ctx())
     rnp = (time.perf_counter() - t0) / 3  # one unlearning epoch + two recovery epochs
+    from bdprune.repair import RepairSettings, find_triggers, repair_model
+
+    t0 = time.perf_counter()
+    find_triggers(model, data, device=torch.device("cpu"))  # the class probe and the explained shares
+    probe = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    repair_model(model, {}, ("weight",), None, data, RepairSettings("unlearn", epochs=1), device=torch.device("cpu"),
+                 triggers=[torch.rand(3, 32, 32) * 0.1])
+    unlearn_epoch = time.perf_counter() - t0
     return "\n".join([
         f"torch threads {threads}; resnet18 width 64 (11.2M parameters), 500 samples of 3x32x32, CPU:",
         f"- anp: {anp:.2f} s per iteration -> {2000 * anp / 60:.0f} min at the default 2000 iterations, "
         f"{150 * anp / 60:.1f} min at 150",
         f"- rnp: {rnp:.1f} s per epoch over the 500 samples -> {21 * rnp / 60:.1f} min when unlearning stops after one epoch "
         f"(21 epochs), {41 * rnp / 60:.1f} min at most (41 epochs)",
+        f"- --repair unlearn: class probe and explained shares {probe:.0f} s (untrained weights: how many candidates reach "
+        f"the explained step varies), {unlearn_epoch:.1f} s per epoch over the 500 samples and their triggered copies -> "
+        f"{(probe + 10 * unlearn_epoch) / 60:.1f} min at the default 10 epochs",
     ])
 
 

@@ -224,3 +224,29 @@ def test_write_report_formats(model_and_scan, tmp_path):
     with pytest.raises(BdpruneError, match="output format"):
         bdprune.write_report(result, tmp_path / "r.txt", format="pdf")
     assert not (tmp_path / "r.txt").exists()
+
+
+def test_prune_with_repair_is_the_masked_model_repaired_as_the_cli_does(model_and_scan):
+    """prune_model(repair=...) prunes, then repairs on repair_data exactly as bdprune.repair does
+    (same weights), records the repair and leaves the caller's model alone."""
+    from bdprune.prune import mask_model
+    from bdprune.repair import RepairSettings, repair_model
+
+    import copy
+
+    from bdprune.data import ImageSet
+
+    bn_model, images, result = model_and_scan
+    labels = torch.arange(len(images)) % 10
+    before = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    pruned = bdprune.prune_model(bn_model, result, k=3, repair="finetune", repair_data=(images, labels))
+    expected = copy.deepcopy(bn_model).eval()
+    mask_model(expected, pruned.channels, result.pruned_params, result.fill)
+    want = repair_model(expected, pruned.channels, result.pruned_params, result.fill, ImageSet(images, labels, "x"),
+                        RepairSettings("finetune"), device=torch.device("cpu"))
+    for key, value in want.state_dict().items():
+        assert torch.equal(pruned.model.state_dict()[key], value), key
+    assert pruned.repair == "finetune" and len(pruned.repair_acc) == 3
+    assert all(torch.equal(before[k], v) for k, v in bn_model.state_dict().items())
+    with pytest.raises(BdpruneError, match="repair and repair_data go together"):
+        bdprune.prune_model(bn_model, result, k=3, repair="unlearn")

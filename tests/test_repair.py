@@ -88,3 +88,45 @@ def test_cli_repair_refuses_unlabelled_data_and_ep_without_val(tmp_path, bn_chec
         assert "labelled clean samples" in result.output and not out.exists()
     result = runner.invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--repair", "nope"])
     assert result.exit_code == 2 and "unknown --repair" in result.output
+
+
+def test_unlearn_batches_are_the_clean_batch_plus_the_same_images_carrying_one_trigger(bn_model, monkeypatch):
+    """Each step trains on n clean images and the same n images with one of the synthesized
+    triggers added in pixel space, clipped to [0, 1] and then normalized, all with true labels."""
+    import bdprune.repair as repair
+
+    seen = []
+    real = repair.cross_entropy
+
+    def recording(net, images, labels):
+        seen.append((images.detach().clone(), labels.clone()))
+        return real(net, images, labels)
+
+    monkeypatch.setattr(repair, "cross_entropy", recording)
+    raw = make_images(20, seed=6)
+    data = ImageSet(raw, torch.arange(20) % 10, "clean.npz")
+    triggers = [torch.full(raw.shape[1:], 0.5), -torch.ones(raw.shape[1:])]
+    mean, std = (0.5,), (0.25,)
+    repair_model(bn_model, {}, ("weight",), None, data, RepairSettings("unlearn", epochs=2, batch_size=8), device=CPU,
+                 normalize=(mean, std), triggers=triggers)
+    norm = lambda x: (x - 0.5) / 0.25  # noqa: E731
+    assert len(seen) == 2 * 3  # 20 samples in batches of 8, 8, 4
+    used = set()
+    for images, labels in seen:
+        n = len(images) // 2
+        clean, stamped = images[:n], images[n:]
+        assert torch.equal(labels[:n], labels[n:])
+        rows = [int(torch.nonzero((norm(raw) - c).abs().amax((1, 2, 3)) < 1e-6)[0]) for c in clean]
+        assert torch.equal(labels[:n], data.labels[rows])  # true labels, not a target
+        matches = [i for i, t in enumerate(triggers) if torch.allclose(stamped, norm((raw[rows] + t).clamp(0, 1)), atol=1e-6)]
+        assert len(matches) == 1
+        used |= set(matches)
+    assert used == {0, 1}  # both triggers drawn over the six steps
+
+
+def test_unlearn_without_triggers_is_exactly_finetune(bn_model):
+    data = ImageSet(make_images(24, seed=7), torch.arange(24) % 10, "clean.npz")
+    a = repair_model(bn_model, {}, ("weight",), None, data, RepairSettings("unlearn", epochs=2), device=CPU)
+    b = repair_model(bn_model, {}, ("weight",), None, data, RepairSettings("finetune", epochs=2), device=CPU)
+    for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), key

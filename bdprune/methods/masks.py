@@ -113,11 +113,16 @@ class LabelledBatches:
         """One pass in a random order, the last batch possibly smaller (a DataLoader with
         ``shuffle=True``); a last batch of one sample is dropped, since BatchNorm in training
         mode cannot normalise a single value per channel."""
+        for idx in self.shuffled_indices(generator):
+            yield self.images[idx], self.labels[idx]
+
+    def shuffled_indices(self, generator: torch.Generator) -> Iterator[Tensor]:
+        """The sample indices of :meth:`shuffled_epoch`'s batches."""
         order = torch.randperm(len(self), generator=generator).to(self.images.device)
         for start in range(0, len(self), self.batch_size):
             idx = order[start : start + self.batch_size]
             if len(idx) > 1:
-                yield self.images[idx], self.labels[idx]
+                yield idx
 
     def random_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """A batch drawn with replacement (a RandomSampler with ``replacement=True``)."""
