@@ -38,8 +38,7 @@ VARIANTS: dict[str, dict] = {
     "finetune": dict(method="bnp", u=1e9, repair="finetune"),  # u = 1e9 flags nothing: fine-tuning alone
     "rnp+finetune": dict(method="rnp", repair="finetune"),
     "unlearn": dict(method="bnp", u=1e9, repair="unlearn"),  # no pruning: unlearning the probe's trigger alone
-    "bnp+unlearn": dict(method="bnp", repair="unlearn"),
-    "bnp+unlearn-lr005": dict(method="bnp", repair="unlearn", repair_lr=0.005),
+    "bnp+unlearn": dict(method="bnp", repair="unlearn"),  # `prune --repair unlearn` at its defaults (recommended)
 }
 
 
@@ -70,7 +69,7 @@ def measure(spec: zoo.ModelSpec, meta: dict, name: str, unit: float) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     v = dict(VARIANTS[name])
-    repair = RepairSettings(v.pop("repair", "none"), lr=v.pop("repair_lr", 0.01))
+    repair = RepairSettings(v.pop("repair", "none"))
     out = cache_dir() / "pruned" / f"{spec.name}__{name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
