@@ -119,6 +119,12 @@ def failure(task: Task, message: str, sha256: str | None = None) -> ScanFailure:
     return ScanFailure(task.path, text, sha256 or task.sha256)
 
 
+def lost(task: Task, message: str) -> Row:
+    """The error row of a checkpoint whose worker never sent one back (hashed here instead)."""
+    digest = task.sha256 or _try_sha256(task.path)
+    return Row(task.index, failure(task, message, digest), digest)
+
+
 def _try_sha256(path: str) -> str | None:
     try:
         return file_sha256(path)

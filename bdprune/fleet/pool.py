@@ -19,7 +19,7 @@ from typing import Iterator
 
 from ..data import ImageSet
 from ..errors import describe
-from . import Row, ScanSettings, Task, failure, scan_one
+from . import Row, ScanSettings, Task, lost, scan_one
 
 WORKER_DIED = "the worker process scanning it died (killed, out of memory or crashed), also when retried alone; not scanned"
 
@@ -94,8 +94,8 @@ def _row(future: Future, task: Task, alone: bool, suspects: deque) -> tuple[Row 
         return future.result(), False
     except BrokenProcessPool:
         if alone:
-            return Row(task.index, failure(task, WORKER_DIED), task.sha256), True
+            return lost(task, WORKER_DIED), True
         suspects.append(task)
         return None, True
     except Exception as exc:  # the row could not come back (e.g. it did not pickle): still this task's row
-        return Row(task.index, failure(task, describe(exc)), task.sha256), False
+        return lost(task, describe(exc)), False

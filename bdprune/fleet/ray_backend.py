@@ -9,11 +9,13 @@ as tasks finish. A task whose worker dies is retried once by Ray, then gets an e
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Iterator
 
 from ..data import ImageSet
 from ..errors import BdpruneError, one_line
-from . import Row, ScanSettings, Task, failure, scan_one
+from . import Row, ScanSettings, Task, lost, scan_one
 
 RAY_HINT = "pip install 'bdprune[ray]'"
 
@@ -36,6 +38,14 @@ def run_ray(tasks: list[Task], settings: ScanSettings, images: ImageSet | None, 
     local cluster; an already initialized Ray is used as it is). Yield each row as it finishes."""
     ray = import_ray()
     started = not ray.is_initialized()
+    # Ray's driver prints cluster messages ("a worker died ...") to whatever sys.stdout is then,
+    # where the report goes: send them to stderr while Ray runs (rows are written to the stdout
+    # object captured before). A Ray initialized by the caller may still print after this returns.
+    with contextlib.redirect_stdout(sys.stderr):
+        yield from _run(ray, started, tasks, settings, images, address)
+
+
+def _run(ray, started: bool, tasks: list[Task], settings: ScanSettings, images: ImageSet | None, address: str | None) -> Iterator[Row]:
     if started:
         try:
             # log_to_driver=False: a worker's prints must not reach stdout, where the report goes
@@ -55,7 +65,7 @@ def run_ray(tasks: list[Task], settings: ScanSettings, images: ImageSet | None, 
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died twice, the node went away, ...
-                    yield Row(task.index, failure(task, f"the Ray task scanning it failed ({type(exc).__name__}); not scanned"), task.sha256)
+                    yield lost(task, f"the Ray task scanning it failed ({type(exc).__name__}); not scanned")
     finally:
         if started:
             ray.shutdown()
