@@ -419,6 +419,9 @@ def methods() -> None:
 
 def main() -> None:
     """Console-script entry point: usage errors become one line on stderr and exit code 2."""
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         code = app(standalone_mode=False)
     except click_exceptions.UsageError as exc:

@@ -38,6 +38,9 @@ def worker_threads(jobs: int) -> int | None:
 def _init_worker(settings: ScanSettings, images: ImageSet | None, threads: int | None) -> None:
     import torch
 
+    from ..allocator import keep_freed_memory
+
+    keep_freed_memory()
     if threads is not None:
         torch.set_num_threads(threads)
     _worker.update(settings=settings, images=images)
