@@ -167,7 +167,9 @@ def scan_fleet(
     strict = strict and len(paths) == 1
     images = load_samples(data, samples, settings.seed) if data is not None else None
     tasks, resumed = _plan(paths, resume)
-    if ray:
+    if not tasks:  # every checkpoint resumed: start no workers, no Ray
+        rows: Iterator[Row] = iter(())
+    elif ray:
         from .ray_backend import run_ray
 
         rows = run_ray(tasks, settings, images, address=ray_address)

@@ -59,7 +59,7 @@ def run_pool(tasks: list[Task], settings: ScanSettings, images: ImageSet | None,
     try:
         while pending or suspects or in_flight:
             if pool is None:
-                pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                pool = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_init_worker,
                                            initargs=(settings, images, worker_threads(jobs)))
             if suspects:
                 if not in_flight:
