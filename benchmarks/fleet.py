@@ -199,11 +199,11 @@ def _bdprune(entry: str, probe: bool) -> list[str]:
     return [sys.executable, "-c", _ENTRY.format(patch="" if probe else _NO_PROBE, entry=entry)]
 
 
-def overhead(pairs: int, probe: bool) -> tuple[dict[str, list[dict]], float]:
+def overhead(pairs: int, probe: bool, threads: int | None = None) -> tuple[dict[str, list[dict]], float]:
     """``pairs`` rounds of the bare script and the bdprune processes (default torch threads),
     alternated; with ``probe`` the bnp process with its class probe (~30x a forward pass) once."""
     ckpt, data, bare = make_resnet()
-    env = _env(None)
+    env = _env(threads)
     common = ["scan", str(ckpt), "--arch", "resnet18", "--data", str(data), "--samples", "1000", "--batch-size", "128", "-f", "json"]
     cmds = {"bare script": [sys.executable, str(bare), str(ckpt), str(data)],
             "ep": [*_bdprune("main", True), *common, "--method", "ep"],
@@ -222,6 +222,15 @@ def overhead(pairs: int, probe: bool) -> tuple[dict[str, list[dict]], float]:
     return runs, load
 
 
+def _ratio_row(name: str, runs: dict[str, list[dict]]) -> str:
+    ratios = [r["wall"] / b["wall"] for r, b in zip(runs[name], runs["bare script"])]
+    med = {k: statistics.median(r[k] for r in runs[name]) for k in TIME_FIELDS}
+    verdict = "met" if statistics.median(ratios) <= 1.10 else "**missed**"
+    ratio = f"{statistics.median(ratios):.2f}x ({verdict}) | {min(ratios):.2f}-{max(ratios):.2f}x" if name != "bare script" else "1 | -"
+    return (f"| {name} | {med['wall']:.2f} | {med['user']:.2f} | {med['sys']:.2f} | {med['rss_mib']:.0f} | "
+            f"{med['minor_faults']:.0f} | {ratio} |")
+
+
 def run(args) -> None:
     """Measure what ``args`` asks for, print it, and write the ``fleet`` section of RESULTS.md."""
     parts = set((args.parts or "fleet,overhead").split(","))
@@ -233,10 +242,11 @@ def run(args) -> None:
         start = startup()
         body += _fleet_text(walls, load, per, start, args.checkpoints)
     if "overhead" in parts:
-        runs, load = overhead(args.pairs, args.probe)
+        runs, load = overhead(args.pairs, args.probe, args.threads)
+        (CACHE / "overhead_runs.json").write_text(json.dumps({"load": load, "runs": runs}, indent=1))
         body += [f"### One checkpoint: a whole `bdprune scan` process vs a bare forward pass (target <= 1.10x)", "",
-                 f"CIFAR ResNet-18 (width 64, random weights), 1,000 random 32x32 images, batch 128, torch's default "
-                 f"threads; each run is `/usr/bin/time -v` of a fresh process, the processes alternated, {args.pairs} rounds "
+                 f"CIFAR ResNet-18 (width 64, random weights), 1,000 random 32x32 images, batch 128, "
+                 f"{'OMP_NUM_THREADS=' + str(args.threads) if args.threads else 'torch default'} threads; each run is `/usr/bin/time -v` of a fresh process, the processes alternated, {args.pairs} rounds "
                  f"after one warm-up round; medians, ratio = median of the per-round ratios of wall time to the same "
                  f"round's bare script, range = lowest-highest round. Load average before: {load:.2f}.", "",
                  "| process | wall s | user s | sys s | max RSS MiB | minor faults | wall ratio | range |",

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--pairs", type=int, default=5, help="rounds of bare / bnp / ep processes (default 5)")
     f.add_argument("--parts", default=None, help="fleet,overhead (default both)")
     f.add_argument("--no-ray", action="store_true", help="leave out the Ray run")
+    f.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the one-checkpoint processes (default: torch's)")
     f.add_argument("--probe", action="store_true", help="also one bnp process with the class probe (~30x a forward pass: minutes)")
     f.add_argument("--no-write", action="store_true", help="print only, do not rewrite RESULTS.md")
     s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
