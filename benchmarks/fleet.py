@@ -247,7 +247,7 @@ def run(args) -> None:
         body += [f"### One checkpoint: a whole `bdprune scan` process vs a bare forward pass (target <= 1.10x)", "",
                  f"CIFAR ResNet-18 (width 64, random weights), 1,000 random 32x32 images, batch 128, "
                  f"{'OMP_NUM_THREADS=' + str(args.threads) if args.threads else 'torch default'} threads; each run is `/usr/bin/time -v` of a fresh process, the processes alternated, {args.pairs} rounds "
-                 f"after one warm-up round; medians, ratio = median of the per-round ratios of wall time to the same "
+                 f"after one bare run to warm the file cache; medians, ratio = median of the per-round ratios of wall time to the same "
                  f"round's bare script, range = lowest-highest round. Load average before: {load:.2f}.", "",
                  "| process | wall s | user s | sys s | max RSS MiB | minor faults | wall ratio | range |",
                  "|---|---|---|---|---|---|---|---|"]
