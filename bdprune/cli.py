@@ -74,11 +74,15 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
+    _error_line(message)
+    return typer.Exit(code)
+
+
+def _error_line(message: str) -> None:
     from .errors import one_line
     from .progress import stderr_console
 
     stderr_console().print(f"error: {one_line(message)}", style="bold red", markup=False, highlight=False, emoji=False)
-    return typer.Exit(code)
 
 
 def _guarded(run):
@@ -98,15 +102,12 @@ def _guarded(run):
     except BrokenPipeError:  # the reader went away (`bdprune scan ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it; never a false 0
-    except OSError as exc:  # the file system refused (a name too long, EIO, ENOSPC): the user's to fix
+    except Exception as exc:  # the file system refused (the user's to fix), or a bug in bdprune: one line, no traceback
         if _debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise _fail(f"{where}{exc.strerror or exc} (check the path, permissions and free space)") from None
-    except Exception as exc:  # a bug in bdprune, not bad input: still one line, no traceback
-        if _debug:
-            raise
-        raise _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and please report it)") from None
+        from .errors import describe
+
+        raise _fail(describe(exc)) from None
 
 
 def _key_values(items: list[str] | None, option: str = "--arch-arg") -> dict[str, str]:
@@ -140,7 +141,7 @@ def scan(
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
     top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 20,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif, markdown or html (one self-contained page with plots; needs bdprune[plot]).")] = "table",
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif, markdown, html (one self-contained page with plots; needs bdprune[plot]) or jsonl (one JSON row per checkpoint, with its sha256, written as each finishes: completion order; -o FILE appends).")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw every channel's score per layer, flags, thresholds and the verdict to FILE (.png or .svg; needs bdprune[plot]).")] = None,
     fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).")] = None,
@@ -150,52 +151,89 @@ def scan(
     num_classes: NumClassesOpt = None,
     arch_arg: ArchArgOpt = None,
     trust_pickle: TrustOpt = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Scan N checkpoints at a time, in N worker processes (default 1: one after another in this process).")] = 1,
+    use_ray: Annotated[bool, typer.Option("--ray", help="One Ray task per checkpoint, on the cluster at RAY_ADDRESS or a new local one (needs bdprune[ray]; every node must see the checkpoint paths).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Run the Ray tasks on the existing cluster at ADDRESS (implies --ray).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="With --format jsonl: skip checkpoints whose SHA-256 has a row without an error in FILE (an earlier run's report) and append the new rows to FILE.")] = None,
 ) -> None:
     """Score every BatchNorm channel, report the most suspicious, and give each checkpoint a verdict.
 
-    Exit 0 = every verdict clean, 1 = a checkpoint is suspicious, 2 = usage or input error.
+    Exit 0 = every verdict clean, 1 = a checkpoint is suspicious, 2 = usage or input error (with
+    several checkpoints: one could not be scanned; the others still are). The worst over all.
     """
 
     def run() -> int:
-        from .core import scan_checkpoints
+        from .errors import BdpruneError
+        from .fleet import scan_fleet
+        from .fleet.stream import JsonlSink
         from .report import REPORTERS
-        from .verdict import exit_code
+        from .report.jsonl import jsonl_row
 
         reporter = REPORTERS.get(output_format)()
-        if output is not None:  # fail before scanning; never write over a checkpoint or the data
+        streaming = output_format == "jsonl"
+        target = output
+        if resume is not None:
+            if not streaming:
+                raise BdpruneError("--resume needs --format jsonl", hint="it reads and appends to the JSON Lines report of an earlier run")
+            if output is not None and output.absolute() != resume.absolute():
+                raise BdpruneError("--resume FILE appends the new rows to FILE", hint="leave out -o, or pass the same file")
+            target = resume
+        if jobs != 1 and (use_ray or ray_address):
+            raise BdpruneError("--jobs and --ray both choose where checkpoints are scanned", hint="pass one of them")
+        inputs = tuple(checkpoints) + ((data,) if data is not None else ())
+        if target is not None:  # fail before scanning; never write over a checkpoint or the data
             from .atomic import check_output_path
 
-            check_output_path(output, inputs=tuple(checkpoints) + ((data,) if data is not None else ()), force=True)
+            check_output_path(target, inputs=inputs, force=True)
         if plot is not None:
             from .plot import check_plot_path
 
-            check_plot_path(plot, inputs=tuple(checkpoints) + ((data,) if data is not None else ()) + ((output,) if output else ()))
-        results = scan_checkpoints(
-            checkpoints, arch, method=method, data=data, u=u, samples=samples, seed=seed, normalize=normalize, device=device,
-            batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
-            fail_threshold=fail_threshold, method_args=_key_values(method_arg, "--method-arg"),
-        )
+            check_plot_path(plot, inputs=inputs + ((target,) if target else ()))
+        sink = JsonlSink(target) if streaming else None
+        try:
+            fleet = scan_fleet(
+                checkpoints, arch, data=data, samples=samples, jobs=jobs, ray=use_ray or ray_address is not None,
+                ray_address=ray_address, resume=resume, strict=not streaming,
+                on_row=None if sink is None else (lambda row: sink.write(jsonl_row(row.outcome, row.sha256))),
+                method=method, u=u, seed=seed, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
+                arch_args=_key_values(arch_arg), trust_pickle=trust_pickle, fail_threshold=fail_threshold,
+                method_args=_key_values(method_arg, "--method-arg"),
+            )
+        finally:
+            if sink is not None:
+                sink.close()
+        results, failures = fleet.results, fleet.failures
+        if len(fleet.rows) == 1 and failures and not streaming:  # one checkpoint: its error, as always
+            raise BdpruneError(failures[0].error)
         for result in results:
             for note in result.notes:
-                _note(f"{result.checkpoint}: {note}" if len(results) > 1 else note)
-        _emit(reporter, results, output, top=top)
-        if plot is not None:
+                _note(f"{result.checkpoint}: {note}" if len(fleet.rows) > 1 else note)
+        if fleet.resumed:
+            _note(f"--resume: skipped {len(fleet.resumed)} checkpoints already in {resume}")
+        if sink is None:
+            _emit(reporter, results, output, top=top, errors=failures)
+        elif target is not None:
+            _note(f"{target}: {len(fleet.rows)} new row(s) appended")
+        if plot is not None and results:
             from .api import plot_scan
 
             plot_scan(results, plot)
             _note(f"plot written to {plot}")
-        return 0 if exit_zero else exit_code([r.verdict for r in results])
+        for failure in failures:
+            _error_line(failure.error)
+        code = fleet.exit_code()
+        return 0 if exit_zero and code == 1 else code
 
     raise typer.Exit(_guarded(run))
 
 
-def _emit(reporter, results, output: Path | None, *, top: int) -> None:
+def _emit(reporter, results, output: Path | None, *, top: int, errors=()) -> None:
     from rich.console import Console
 
     from .progress import stdout_console
 
     if output is None:
-        reporter.write(results, stdout_console(soft_wrap=False), top=top)
+        reporter.write(results, stdout_console(soft_wrap=False), top=top, errors=errors)
         return
     import io
 
@@ -203,7 +241,7 @@ def _emit(reporter, results, output: Path | None, *, top: int) -> None:
 
     check_output_path(output, inputs=tuple(Path(r.checkpoint) for r in results), force=True)
     buffer = io.StringIO()
-    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top)
+    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top, errors=errors)
     write_text_atomic(output, buffer.getvalue())
     _note(f"report written to {output}")
 
@@ -381,6 +419,9 @@ def methods() -> None:
 
 def main() -> None:
     """Console-script entry point: usage errors become one line on stderr and exit code 2."""
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         code = app(standalone_mode=False)
     except click_exceptions.UsageError as exc:

@@ -31,7 +31,7 @@ from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
 
-def _check_options(*, u: float | None, samples: int, seed: int, batch_size: int, device: str) -> None:
+def check_options(*, u: float | None, samples: int, seed: int, batch_size: int, device: str) -> None:
     """Refuse bad option values up front, before any file is read (each would fail later anyway)."""
     if u is not None:
         check_u(u)
@@ -61,7 +61,7 @@ def scan_checkpoints(
 ) -> list[ScanResult]:
     """Scan each checkpoint with the same method, data and threshold, each with its verdict.
     ``u=None`` takes the method's default (3 standard deviations; a mask of 0.2 for anp/rnp)."""
-    _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
+    check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     images = load_samples(data, samples, seed) if data is not None else None
     results = []
     for path in expand_checkpoints(checkpoints):
@@ -193,7 +193,7 @@ def prune_checkpoint(
     repair_data = val if val is not None else data
     if repair.mode != "none" and (repair_data is None or (method_cls is not None and method_cls.data_role == "training" and val is None)):
         raise BdpruneError(f"--repair {repair.mode} needs labelled clean samples", hint="pass them with --val (or --data for bnp, anp, rnp)")
-    _check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
+    check_options(u=u, samples=samples, seed=seed, batch_size=batch_size, device=device)
     inputs = tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None)
     check_output_path(out, inputs=inputs, force=force)  # fail before any expensive work
     loaded = load_model(checkpoint, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)

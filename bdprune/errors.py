@@ -40,3 +40,14 @@ class BdpruneError(Exception):
         """This error naming ``path`` (the file being worked on when it arose), unless it
         already names a file."""
         return self if self.path is not None else BdpruneError(self.message, path=path, hint=self.hint)
+
+
+def describe(exc: BaseException) -> str:
+    """The one-line message the CLI prints for ``exc``: a BdpruneError as it is, a refusal of the
+    file system with its path and what to check, anything else as an internal error."""
+    if isinstance(exc, BdpruneError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return one_line(f"{where}{exc.strerror or exc} (check the path, permissions and free space)")
+    return one_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and please report it)")

@@ -8,7 +8,6 @@ class loads the result with ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .atomic import atomic_path, check_output_path
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, file_sha256
 from .errors import BdpruneError
 from .stats import bn_layers
 
@@ -32,11 +31,7 @@ def default_output(checkpoint: Path) -> Path:
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def check_channels(

@@ -153,6 +153,20 @@ class ScanResult:
         return {"schema_version": SCHEMA_VERSION, **_finite(data)}
 
 
+@dataclass
+class ScanFailure:
+    """A checkpoint of a multi-checkpoint scan that could not be scanned: ``error`` is the one-line
+    message the CLI prints for it (it names the file), ``sha256`` the file's digest when it was read."""
+
+    checkpoint: str
+    error: str
+    sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: ``schema_version``, ``checkpoint``, ``sha256`` and ``error``."""
+        return {"schema_version": SCHEMA_VERSION, "checkpoint": self.checkpoint, "sha256": self.sha256, "error": self.error}
+
+
 def _finite(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

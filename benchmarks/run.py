@@ -9,6 +9,7 @@
     python benchmarks/run.py all               # both
     python benchmarks/run.py bnp-plus-tune     # bnp+ candidates on the zoo's tune part (prints)
     python benchmarks/run.py removal           # removal variants (anp, rnp, repairs) on the 8-epoch zoo's holdout part
+    python benchmarks/run.py fleet             # 100 checkpoints: sequential vs --jobs 2 vs --ray; per-checkpoint overhead
 
 Each subcommand rewrites its own section of benchmarks/RESULTS.md.
 """
@@ -43,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--timing", action="store_true", help="only the learned-mask cost on a CIFAR ResNet-18 (prints)")
     r.add_argument("--cached-only", action="store_true", help="report the cached measurements, measure nothing new")
     r.add_argument("--arch", action="append", help="only this architecture (repeatable; prints only)")
+    f = sub.add_parser("fleet", help="many checkpoints: sequential vs --jobs 2 vs --ray, and one scan process vs a bare pass (issue 16)")
+    f.add_argument("--checkpoints", type=int, default=100, help="fleet size (default 100)")
+    f.add_argument("--pairs", type=int, default=5, help="rounds of bare / bnp / ep processes (default 5)")
+    f.add_argument("--parts", default=None, help="fleet,overhead (default both)")
+    f.add_argument("--no-ray", action="store_true", help="leave out the Ray run")
+    f.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the one-checkpoint processes (default: torch's)")
+    f.add_argument("--probe", action="store_true", help="also one bnp process with the class probe (~30x a forward pass: minutes)")
+    f.add_argument("--no-write", action="store_true", help="print only, do not rewrite RESULTS.md")
     s = sub.add_parser("speed", help="speed and memory against the forward-pass limit")
     a = sub.add_parser("all", help="zoo then speed")
     for p in (s, a):
@@ -75,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         import removal
 
         removal.run(args)
+    if args.cmd == "fleet":
+        import fleet
+
+        fleet.run(args)
     if args.cmd in ("speed", "all"):
         import speed
 

@@ -8,7 +8,7 @@ from typing import Protocol, Sequence
 from rich.console import Console
 
 from ..registry import Registry
-from ..scoring import ScanResult
+from ..scoring import ScanFailure, ScanResult
 
 
 class OutputFormat(str, Enum):
@@ -19,15 +19,17 @@ class OutputFormat(str, Enum):
     sarif = "sarif"
     markdown = "markdown"
     html = "html"
+    jsonl = "jsonl"
 
 
 class Reporter(Protocol):
     """Writes the results of one scan call (one entry per checkpoint) to a console."""
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:
-        """Render ``results``; ``top`` bounds how many channels a human-facing format lists."""
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:
+        """Render ``results``, then ``errors`` (the checkpoints that could not be scanned);
+        ``top`` bounds how many channels a human-facing format lists."""
 
 
 REPORTERS: Registry[Reporter] = Registry("output format")
 
-from . import html_report, json_report, markdown, sarif, table  # noqa: E402,F401  (registers the formats)
+from . import html_report, json_report, jsonl, markdown, sarif, table  # noqa: E402,F401  (registers the formats)

@@ -7,7 +7,6 @@ never reaches the network. Every string from the scan (file names, layer names) 
 
 from __future__ import annotations
 
-import hashlib
 import html
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Sequence
 from rich.console import Console
 
 from .. import __version__
-from ..scoring import ScanResult
+from ..checkpoint import file_sha256
+from ..scoring import ScanFailure, ScanResult
 from . import REPORTERS
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -54,11 +54,7 @@ def _file_sha256(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         return "none: not a file (an in-memory model)" if path.startswith("<") else "none: the file is no longer there"
-    digest = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(p)
 
 
 def _verdict_block(result: ScanResult) -> str:
@@ -133,14 +129,18 @@ def _section(result: ScanResult, top: int, index: int) -> str:
             f"{_provenance(result)}<p>{_e(totals)}</p>{_plot(result)}{_ranked(result, top)}{_layers(result)}{notes_html}</section>")
 
 
-def html_report(results: Sequence[ScanResult], top: int) -> str:
-    """The whole page: an overall verdict, then one section per checkpoint."""
+def html_report(results: Sequence[ScanResult], top: int, errors: Sequence[ScanFailure] = ()) -> str:
+    """The whole page: an overall verdict, then one section per checkpoint (and a list of those
+    that could not be scanned)."""
     suspicious = [r for r in results if r.verdict is not None and r.verdict.suspicious]
     overall = "suspicious" if suspicious else "clean"
     summary = (f"{len(suspicious)} of {len(results)} checkpoints suspicious" if len(results) > 1
                else f"verdict: {overall}")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(_section(r, top, i) for i, r in enumerate(results))
+    if errors:
+        summary += f"; {len(errors)} not scanned"
+        body += "<section><h2>Not scanned</h2><ul class=notes>" + "".join(f"<li>{_e(e.error)}</li>" for e in errors) + "</ul></section>"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -162,5 +162,5 @@ class HtmlReporter:
 
         require_matplotlib("--format html")
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
-        console.file.write(html_report(results, top))
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102
+        console.file.write(html_report(results, top, errors))

@@ -7,14 +7,20 @@ from typing import Sequence
 
 from rich.console import Console
 
-from ..scoring import ScanResult
+from ..scoring import SCHEMA_VERSION, ScanFailure, ScanResult
 from . import REPORTERS
 
 
-def results_to_json(results: Sequence[ScanResult]) -> str:
-    """One JSON document: an object for one checkpoint, ``{"results": [...]}`` for several."""
+def results_to_json(results: Sequence[ScanResult], errors: Sequence[ScanFailure] = ()) -> str:
+    """One JSON document: an object for one checkpoint, ``{"results": [...]}`` for several, with
+    ``"errors": [{"checkpoint", "sha256", "error"}, ...]`` when some could not be scanned."""
     docs = [r.to_dict() for r in results]
-    payload = docs[0] if len(docs) == 1 else {"schema_version": docs[0]["schema_version"], "results": docs}
+    if len(docs) == 1 and not errors:
+        payload = docs[0]
+    else:
+        payload = {"schema_version": SCHEMA_VERSION, "results": docs}
+        if errors:
+            payload["errors"] = [{k: v for k, v in e.to_dict().items() if k != "schema_version"} for e in errors]
     return json.dumps(payload, indent=2, allow_nan=False)
 
 
@@ -22,5 +28,5 @@ def results_to_json(results: Sequence[ScanResult]) -> str:
 class JsonReporter:
     """Writes :func:`results_to_json` verbatim (no Rich markup or wrapping)."""
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
-        console.file.write(results_to_json(results) + "\n")
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102
+        console.file.write(results_to_json(results, errors) + "\n")

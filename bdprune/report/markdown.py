@@ -6,7 +6,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from ..scoring import ScanResult
+from ..scoring import ScanFailure, ScanResult
 from . import REPORTERS
 
 
@@ -14,8 +14,9 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_report(results: Sequence[ScanResult], top: int) -> str:
-    """A verdict table over all checkpoints, then each checkpoint's top channels."""
+def markdown_report(results: Sequence[ScanResult], top: int, errors: Sequence[ScanFailure] = ()) -> str:
+    """A verdict table over all checkpoints (a row ``error`` for each that could not be scanned),
+    then each checkpoint's top channels."""
     lines = ["## bdprune scan", "",
              "| checkpoint | method | verdict | statistic | threshold | suspected target | channels behind the verdict | flagged channels (u) |",
              "|---|---|---|---:|---:|---:|---|---:|"]
@@ -27,6 +28,8 @@ def markdown_report(results: Sequence[ScanResult], top: int) -> str:
         target = "-" if v is None or getattr(v, "target", None) is None else str(v.target)
         drivers = "-" if v is None or not v.drivers else ", ".join(f"`{_cell(d['layer'])}:{d['channel']}`" for d in v.drivers)
         lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {target} | {drivers} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
+    for e in errors:
+        lines.append(f"| `{_cell(e.checkpoint)}` | - | **error** | - | - | - | {_cell(e.error)} | - |")
     for r in results:
         if top <= 0:
             break
@@ -42,5 +45,5 @@ def markdown_report(results: Sequence[ScanResult], top: int) -> str:
 class MarkdownReporter:
     """Writes :func:`markdown_report`."""
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
-        console.file.write(markdown_report(results, top))
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102
+        console.file.write(markdown_report(results, top, errors))

@@ -16,7 +16,7 @@ from typing import Sequence
 from rich.console import Console
 
 from .. import __version__
-from ..scoring import ScanResult
+from ..scoring import ScanFailure, ScanResult
 from . import REPORTERS
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -68,8 +68,9 @@ def _result(rule_index: int, level: str, text: str, uri: str, fingerprint: str, 
     }
 
 
-def sarif_document(results: Sequence[ScanResult]) -> dict:
-    """The SARIF log for a scan of one or more checkpoints."""
+def sarif_document(results: Sequence[ScanResult], errors: Sequence[ScanFailure] = ()) -> dict:
+    """The SARIF log for a scan of one or more checkpoints; checkpoints that could not be scanned
+    become error notifications of an unsuccessful invocation."""
     findings = []
     for result in results:
         verdict = result.verdict
@@ -101,28 +102,27 @@ def sarif_document(results: Sequence[ScanResult]) -> dict:
                     dict(d),
                 )
             )
-    return {
-        "$schema": SARIF_SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "bdprune",
-                        "version": __version__,
-                        "informationUri": "https://pypi.org/project/bdprune/",
-                        "rules": RULES,
-                    }
-                },
-                "results": findings,
+    run: dict = {
+        "tool": {
+            "driver": {
+                "name": "bdprune",
+                "version": __version__,
+                "informationUri": "https://pypi.org/project/bdprune/",
+                "rules": RULES,
             }
-        ],
+        },
+        "results": findings,
     }
+    if errors:
+        notes = [{"level": "error", "message": {"text": e.error},
+                  "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(e.checkpoint)}}}]} for e in errors]
+        run["invocations"] = [{"executionSuccessful": False, "toolExecutionNotifications": notes}]
+    return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
 
 
 @REPORTERS.register("sarif")
 class SarifReporter:
     """Writes :func:`sarif_document` as JSON."""
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
-        console.file.write(json.dumps(sarif_document(results), indent=2) + "\n")
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102
+        console.file.write(json.dumps(sarif_document(results, errors), indent=2) + "\n")

@@ -7,7 +7,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from ..scoring import ScanResult
+from ..scoring import ScanFailure, ScanResult
 from . import REPORTERS
 
 
@@ -75,7 +75,7 @@ def target_text(v) -> str:
 class TableReporter:
     """Rich tables for a terminal."""
 
-    def write(self, results: Sequence[ScanResult], console: Console, *, top: int) -> None:  # noqa: D102
+    def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102
         for result in results:
             if top > 0:
                 console.print(ranked_table(result, top))
@@ -83,3 +83,5 @@ class TableReporter:
             console.print(totals_line(result), markup=False, highlight=False)
             if result.verdict is not None:
                 console.print(verdict_line(result), style="bold red" if result.verdict.suspicious else "bold green", markup=False, highlight=False)
+        for failure in errors:
+            console.print(f"not scanned: {failure.error}", style="bold red", markup=False, highlight=False)
