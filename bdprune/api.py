@@ -177,12 +177,11 @@ def prune_model(
     else:
         clean = as_image_set(repair_data, samples=None, seed=0)
         budget = dict(device=dev, normalize=parse_normalize(normalize))
-        repaired, repair_acc, (found_notes, found_meta) = prune_and_repair(work, picked, result.pruned_params, result.fill, clean,
+        repaired, repair_acc, repair_notes, repair_meta = prune_and_repair(work, picked, result.pruned_params, result.fill, clean,
                                                                            settings, budget, seed)
         work.load_state_dict(repaired.state_dict())
-        notes += found_notes
-        extra.update({"repair": settings.mode, "repair_epochs": str(settings.epochs) if settings.mode in ("finetune", "unlearn") else "",
-                      "repair_samples": str(len(clean)), **found_meta})
+        notes += repair_notes
+        extra.update(repair_meta)
     for module, training in modes.items():  # a budget's forward passes put the model in eval mode
         module.train(training)
     used_u = None if used_k is not None or channels is not None else result.u

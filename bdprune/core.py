@@ -241,12 +241,11 @@ def prune_checkpoint(
         tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
     else:
         clean = images if repair_data == data else load_samples(repair_data, None, seed)
-        model, acc, (found_notes, found_meta) = prune_and_repair(loaded.model, channels, params, fill, clean, repair, budget, seed)
+        model, acc, repair_notes, repair_meta = prune_and_repair(loaded.model, channels, params, fill, clean, repair, budget, seed)
         tensors = model_tensors(loaded.checkpoint, model)
         repair_acc = acc
-        extra.update({"repair": repair.mode, "repair_epochs": str(repair.epochs) if repair.mode in ("finetune", "unlearn") else "",
-                      "repair_samples": str(len(clean)), **found_meta})
-        notes += found_notes
+        extra.update(repair_meta)
+        notes += repair_notes
         notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
                      f"-> {acc[2]:.2f}% repaired")
     meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
@@ -287,21 +286,25 @@ def choose_amount(model, result: ScanResult, val: ImageSet, max_acc_drop: float,
 
 def prune_and_repair(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
     """Prune ``model`` in place, repair a copy; return the copy, the clean samples' ACC (original,
-    pruned, repaired) and what ``unlearn`` found (notes and metadata; empty for other repairs).
+    pruned, repaired), notes (what ``unlearn`` found) and the metadata the file records.
     Shared by ``prune --repair`` and :func:`bdprune.prune_model`; ``budget`` holds device and normalize."""
     if clean.labels is None:
         raise BdpruneError(f"--repair {repair.mode} trains on labelled clean samples, and this data has no labels", path=clean.source)
     dev, norm = budget["device"], budget["normalize"]
     before = clean_accuracy(model, clean, device=dev, normalize=norm)
-    triggers, found = None, ([], {})
+    trains = repair.mode in ("finetune", "unlearn")
+    meta = {"repair": repair.mode, "repair_epochs": str(repair.epochs) if trains else "", "repair_samples": str(len(clean))}
+    triggers, notes = None, []
     if repair.mode == "unlearn":  # on the model as it came: pruning takes away the divergence the trigger explains
         suspect, note = find_triggers(model, clean, device=dev, normalize=norm)
-        triggers = suspect.perturbations if suspect is not None else None
-        found = ([note], {} if suspect is None else {"unlearned_class": str(suspect.target), "unlearned_explained": f"{suspect.explained:.4f}"})
+        notes.append(note)
+        if suspect is not None:
+            triggers = suspect.perturbations
+            meta.update(unlearned_class=str(suspect.target), unlearned_explained=f"{suspect.explained:.4f}")
     mask_model(model, channels, params, fill)
     pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
     repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed, triggers=triggers)
-    return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm)), found
+    return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm)), notes, meta
 
 
 def evaluate_checkpoints(
