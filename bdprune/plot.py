@@ -59,10 +59,9 @@ def verdict_text(result: ScanResult) -> str:
     if v is None:
         return "no verdict"
     parts = [f"verdict: {v.label.upper()} ({v.rule} = {v.statistic:.3g}, threshold {v.threshold:g})"]
-    for name, comp in (getattr(v, "components", None) or {}).items():
-        if isinstance(comp, dict) and isinstance(comp.get("value"), (int, float)) and isinstance(comp.get("bar"), (int, float)):
-            parts.append(f"{name} {comp['value']:.3g} (bar {comp['bar']:.3g})")
-    if getattr(v, "target", None) is not None:
+    if v.components:
+        parts.append(v.component_text())
+    if v.target is not None:
         parts.append(f"suspected target class {v.target}")
     return "; ".join(parts)
 

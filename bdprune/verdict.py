@@ -52,6 +52,11 @@ class Verdict:
         """``suspicious`` or ``clean``."""
         return "suspicious" if self.suspicious else "clean"
 
+    def component_text(self) -> str:
+        """The parts of a combined rule, e.g. ``kl-ratio 3.1 (bar 12), explained 0.45 (bar 0.15)``."""
+        names = {"kl_ratio": "kl-ratio"}
+        return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
+
 
 # bnp and bnp+ ("explained|kl-ratio"; bars chosen on the calibration part of the verdict zoo only,
 # benchmarks/verdict_zoo.py, and reported on models never used for it: benchmarks/RESULTS.md,

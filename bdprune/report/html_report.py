@@ -62,10 +62,9 @@ def _verdict_block(result: ScanResult) -> str:
     if v is None:
         return '<div class="verdict unknown"><strong>NO VERDICT</strong></div>'
     parts = [f"{_e(v.rule)} = {v.statistic:.4g} (threshold {v.threshold:g})"]
-    for name, comp in (getattr(v, "components", None) or {}).items():
-        if isinstance(comp, dict) and isinstance(comp.get("value"), (int, float)) and isinstance(comp.get("bar"), (int, float)):
-            parts.append(f"{_e(name)} {comp['value']:.4g} (bar {comp['bar']:.4g})")
-    if getattr(v, "target", None) is not None:
+    if v.components:
+        parts.append(_e(v.component_text()))
+    if v.target is not None:
         parts.append(f"suspected target class {_e(v.target)}")
     return (f'<div class="verdict {_e(v.label)}" data-verdict="{_e(v.label)}"><strong>{_e(v.label.upper())}</strong>'
             f"{'; '.join(parts)}</div>")

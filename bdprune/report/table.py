@@ -48,7 +48,7 @@ def verdict_line(result: ScanResult) -> str:
     """The checkpoint-level verdict in one line, with its parts, the suspected target and channels."""
     v = result.verdict
     line = f"verdict: {v.label.upper()} ({v.rule} = {v.statistic:.2f}, threshold {v.threshold:g})"
-    parts = component_text(v)
+    parts = v.component_text()
     if parts:
         line += f"; {parts}"
     if v.suspicious:
@@ -56,12 +56,6 @@ def verdict_line(result: ScanResult) -> str:
         if v.drivers:
             line += "; channels: " + ", ".join(f"{d['layer']}:{d['channel']}" for d in v.drivers)
     return line
-
-
-def component_text(v) -> str:
-    """The parts of a combined verdict, e.g. ``kl-ratio 3.1 (bar 12), explained 0.45 (bar 0.25)``."""
-    names = {"kl_ratio": "kl-ratio", "explained": "explained"}
-    return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in (getattr(v, "components", None) or {}).items())
 
 
 def target_text(v) -> str:
