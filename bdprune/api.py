@@ -29,7 +29,7 @@ from .inputs import as_image_set
 from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, sha256_file, write_safetensors
 from .repair import RepairSettings
 from .scan import LoadedModel, check_batch_size, check_samples, resolve_device
-from .scoring import ScanResult
+from .scoring import ScanFailure, ScanResult
 
 
 @dataclass
@@ -195,9 +195,11 @@ def prune_model(
                   used_k, result.fill is not None, settings.mode, repair_acc, model=work, max_acc_drop=max_acc_drop)
 
 
-def write_report(results: ScanResult | Sequence[ScanResult], path: str | Path, *, format: str = "html", top: int = 20) -> Path:
-    """Write a scan report (``html``, ``json``, ``markdown``, ``sarif`` or ``table``, as ``scan
-    --format``) to ``path`` all-or-nothing; returns the path."""
+def write_report(results: ScanResult | Sequence[ScanResult], path: str | Path, *, format: str = "html", top: int = 20,
+                 errors: Sequence[ScanFailure] = ()) -> Path:
+    """Write a scan report (``html``, ``json``, ``markdown``, ``sarif``, ``table`` or ``jsonl``, as
+    ``scan --format``) to ``path`` all-or-nothing, with ``errors`` (checkpoints that could not be
+    scanned) where the format shows them; returns the path."""
     import io
 
     from rich.console import Console
@@ -210,7 +212,7 @@ def write_report(results: ScanResult | Sequence[ScanResult], path: str | Path, *
     path = Path(path)
     check_output_path(path, inputs=tuple(Path(r.checkpoint) for r in results), force=True)
     buffer = io.StringIO()
-    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top)
+    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top, errors=errors)
     write_text_atomic(path, buffer.getvalue())
     return path
 

@@ -169,7 +169,7 @@ def scan(
         from .report import REPORTERS
         from .report.jsonl import jsonl_row
 
-        reporter = REPORTERS.get(output_format)()
+        REPORTERS.get(output_format)()  # fail before any scan: an unknown --format, or html without its extra
         streaming = output_format == "jsonl"
         target = output
         if resume is not None:
@@ -211,7 +211,7 @@ def scan(
         if fleet.resumed:
             _note(f"--resume: skipped {len(fleet.resumed)} checkpoints already in {resume}")
         if sink is None:
-            _emit(reporter, results, output, top=top, errors=failures)
+            _emit(output_format, results, output, top=top, errors=failures)
         elif target is not None:
             _note(f"{target}: {len(fleet.rows)} new row(s) appended")
         if plot is not None and results:
@@ -227,22 +227,16 @@ def scan(
     raise typer.Exit(_guarded(run))
 
 
-def _emit(reporter, results, output: Path | None, *, top: int, errors=()) -> None:
-    from rich.console import Console
-
-    from .progress import stdout_console
-
+def _emit(output_format: str, results, output: Path | None, *, top: int, errors=()) -> None:
     if output is None:
-        reporter.write(results, stdout_console(soft_wrap=False), top=top, errors=errors)
+        from .progress import stdout_console
+        from .report import REPORTERS
+
+        REPORTERS.get(output_format)().write(results, stdout_console(soft_wrap=False), top=top, errors=errors)
         return
-    import io
+    from .api import write_report
 
-    from .atomic import check_output_path, write_text_atomic
-
-    check_output_path(output, inputs=tuple(Path(r.checkpoint) for r in results), force=True)
-    buffer = io.StringIO()
-    reporter.write(results, Console(file=buffer, width=140, color_system=None), top=top, errors=errors)
-    write_text_atomic(output, buffer.getvalue())
+    write_report(results, output, format=output_format, top=top, errors=errors)
     _note(f"report written to {output}")
 
 
