@@ -29,10 +29,6 @@ def import_ray():
     return ray
 
 
-def _task(task: Task, settings: ScanSettings, images: ImageSet | None) -> Row:
-    return scan_one(task, settings, images)
-
-
 def run_ray(tasks: list[Task], settings: ScanSettings, images: ImageSet | None, *, address: str | None) -> Iterator[Row]:
     """Scan ``tasks`` as Ray tasks on the cluster at ``address`` (None: RAY_ADDRESS, else a new
     local cluster; an already initialized Ray is used as it is). Yield each row as it finishes."""
@@ -54,7 +50,7 @@ def _run(ray, started: bool, tasks: list[Task], settings: ScanSettings, images: 
             raise BdpruneError(f"could not start or join Ray ({one_line(exc)})", hint="check --ray-address / RAY_ADDRESS") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        remote = ray.remote(_task).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=1)
+        remote = ray.remote(scan_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=1)
         settings_ref, images_ref = ray.put(settings), ray.put(images)
         waiting = {remote.remote(task, settings_ref, images_ref): task for task in tasks}
         refs = list(waiting)
