@@ -21,12 +21,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, file_sha256
 from .core import PruneOutcome, choose_amount, prune_and_repair, scan_loaded
 from .data import parse_normalize
 from .errors import BdpruneError
 from .inputs import as_image_set
-from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, sha256_file, write_safetensors
+from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, write_safetensors
 from .repair import RepairSettings
 from .scan import LoadedModel, check_batch_size, check_samples, resolve_device
 from .scoring import ScanFailure, ScanResult
@@ -148,7 +148,7 @@ def prune_model(
     check_batch_size(batch_size)
     digest = None
     if out is not None:
-        digest = sha256_file(Path(source)) if source is not None else state_sha256(model)
+        digest = file_sha256(Path(source)) if source is not None else state_sha256(model)
     modes = {m: m.training for m in model.modules()}
     work = model if in_place else _copy(model)
     notes: list[str] = []

@@ -29,11 +29,6 @@ def default_output(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.pruned.safetensors")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return file_sha256(path)
-
-
 def check_channels(
     model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], *, fill: Fill | None = None, source: object = None
 ) -> None:
@@ -121,7 +116,7 @@ def pruning_metadata(
         "method": method,
         "u": "" if u is None else repr(float(u)),
         "samples": str(samples),
-        "source_sha256": source_sha256 if source_sha256 is not None else sha256_file(source),
+        "source_sha256": source_sha256 if source_sha256 is not None else file_sha256(source),
         "pruned_params": ",".join(params),
         "pruned_channels": json.dumps({k: sorted(int(c) for c in v) for k, v in channels.items() if v}, sort_keys=True),
         **(extra or {}),

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typer.testing import CliRunner
 
 import bdprune
+from bdprune.checkpoint import file_sha256
 from bdprune.cli import app
 from bdprune.errors import BdpruneError
-from bdprune.prune import read_pruned_channels, sha256_file
+from bdprune.prune import read_pruned_channels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
@@ -162,7 +163,7 @@ def test_prune_to_file_matches_the_cli_byte_for_byte(bn_checkpoint, images_npz, 
     pruned = bdprune.prune_model(bn_checkpoint.model, result, output=api_out, source=bn_checkpoint.path)
     assert pruned.output == api_out and api_out.read_bytes() == cli_out.read_bytes()
     channels, meta = read_pruned_channels(api_out)
-    assert channels == result.flagged_channels() and meta["source_sha256"] == sha256_file(bn_checkpoint.path)
+    assert channels == result.flagged_channels() and meta["source_sha256"] == file_sha256(bn_checkpoint.path)
 
 
 def test_without_a_source_file_the_state_dict_hash_is_recorded(model_and_scan, bn_model, tmp_path):

@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bdprune.archs import build_model
+from bdprune.checkpoint import file_sha256
 from bdprune.cli import app
 from bdprune.core import prune_checkpoint, scan_checkpoints
-from bdprune.prune import read_pruned_channels, sha256_file
+from bdprune.prune import read_pruned_channels
 
 runner = CliRunner()
 
@@ -40,7 +41,7 @@ def test_round_trip_changes_only_flagged_channels(tmp_path, bn_checkpoint, image
     channels, meta = read_pruned_channels(out.output)
     assert channels == flagged
     assert meta["method"] == method and float(meta["u"]) == 1.0 and meta["pruned_params"] == ",".join(params)
-    assert meta["source_sha256"] == sha256_file(bn_checkpoint.path)
+    assert meta["source_sha256"] == file_sha256(bn_checkpoint.path)
     model, _ = build_model(bn_checkpoint.arch, after, arch_args=bn_checkpoint.arch_args)
     model.load_state_dict(after, strict=True)
 
