@@ -109,13 +109,16 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
 
     found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
     suspect = None if found is None else found[1]
-    if suspect is None or suspect.explained < EXPLAINED_BAR:
-        why = "the class probe cannot run (too many classes)" if found is None else (
-            "no class probe candidate singles out a class" if suspect is None
-            else f"the best explains {suspect.explained:.3f} of the BN divergence, below the verdict's bar {EXPLAINED_BAR}")
-        return None, f"--repair unlearn found no trigger ({why}): fine-tuned on the clean samples alone"
-    return suspect, (f"--repair unlearn: the class probe's trigger for class {suspect.target} ({suspect.budget}) explains "
-                     f"{suspect.explained:.3f} of the BN divergence; unlearned {len(suspect.perturbations)} synthesized triggers")
+    if found is None:
+        why = "the class probe cannot run (too many classes)"
+    elif suspect is None:
+        why = "no class probe candidate singles out a class"
+    elif suspect.explained < EXPLAINED_BAR:
+        why = f"the best explains {suspect.explained:.3f} of the BN divergence, below the verdict's bar {EXPLAINED_BAR}"
+    else:
+        return suspect, (f"--repair unlearn: the class probe's trigger for class {suspect.target} ({suspect.budget}) explains "
+                         f"{suspect.explained:.3f} of the BN divergence; unlearned {len(suspect.perturbations)} synthesized triggers")
+    return None, f"--repair unlearn found no trigger ({why}): fine-tuned on the clean samples alone"
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
