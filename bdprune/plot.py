@@ -58,12 +58,7 @@ def verdict_text(result: ScanResult) -> str:
     v = result.verdict
     if v is None:
         return "no verdict"
-    parts = [f"verdict: {v.label.upper()} ({v.rule} = {v.statistic:.3g}, threshold {v.threshold:g})"]
-    if v.components:
-        parts.append(v.component_text())
-    if v.target is not None:
-        parts.append(f"suspected target class {v.target}")
-    return "; ".join(parts)
+    return f"verdict: {v.label.upper()}: {v.detail_text()}"
 
 
 def scan_figure(results: ScanResult | Sequence[ScanResult]):

@@ -57,6 +57,17 @@ class Verdict:
         names = {"kl_ratio": "kl-ratio"}
         return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
 
+    def detail_text(self) -> str:
+        """The statistic against its threshold, the parts of a combined rule and the suspected
+        target, e.g. ``bnp-explained = 6.08 (threshold 1); kl-ratio 4.37 (bar 12), ...; suspected
+        target class 0``."""
+        parts = [f"{self.rule} = {self.statistic:.3g} (threshold {self.threshold:g})"]
+        if self.components:
+            parts.append(self.component_text())
+        if self.target is not None:
+            parts.append(f"suspected target class {self.target}")
+        return "; ".join(parts)
+
 
 # bnp and bnp+ ("explained|kl-ratio"; bars chosen on the calibration part of the verdict zoo only,
 # benchmarks/verdict_zoo.py, and reported on models never used for it: benchmarks/RESULTS.md,

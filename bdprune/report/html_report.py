@@ -61,13 +61,8 @@ def _verdict_block(result: ScanResult) -> str:
     v = result.verdict
     if v is None:
         return '<div class="verdict unknown"><strong>NO VERDICT</strong></div>'
-    parts = [f"{_e(v.rule)} = {v.statistic:.4g} (threshold {v.threshold:g})"]
-    if v.components:
-        parts.append(_e(v.component_text()))
-    if v.target is not None:
-        parts.append(f"suspected target class {_e(v.target)}")
     return (f'<div class="verdict {_e(v.label)}" data-verdict="{_e(v.label)}"><strong>{_e(v.label.upper())}</strong>'
-            f"{'; '.join(parts)}</div>")
+            f"{_e(v.detail_text())}</div>")
 
 
 def _provenance(result: ScanResult) -> str:
