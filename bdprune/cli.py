@@ -349,13 +349,14 @@ def demo(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing pruned file in --output-dir.")] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.")] = 10,
     device: DeviceOpt = "auto",
+    repair: Annotated[str, typer.Option("--repair", help="The repair after pruning: unlearn (default, what the README recommends), finetune, bn or none (BNP alone).")] = "unlearn",
 ) -> None:
     """Run scan -> prune -> eval on the built-in backdoored MNIST model and show what each step does."""
 
     def run() -> int:
         from .demo import run_demo
 
-        run_demo(output_dir, force=force, top=top, device=device)
+        run_demo(output_dir, force=force, top=top, device=device, repair=repair)
         return 0
 
     raise typer.Exit(_guarded(run))

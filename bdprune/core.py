@@ -241,7 +241,8 @@ def prune_checkpoint(
         tensors = masked_tensors(loaded.checkpoint, channels, params, fill)
     else:
         clean = images if repair_data == data else load_samples(repair_data, None, seed)
-        model, acc, repair_notes, repair_meta = prune_and_repair(loaded.model, channels, params, fill, clean, repair, budget, seed)
+        model, acc, repair_notes, repair_meta = prune_and_repair(loaded.model, channels, params, fill, clean, repair, budget, seed,
+                                                                 show_progress=show_progress)
         tensors = model_tensors(loaded.checkpoint, model)
         repair_acc = acc
         extra.update(repair_meta)
@@ -284,7 +285,8 @@ def choose_amount(model, result: ScanResult, val: ImageSet, max_acc_drop: float,
     return Amount(result, result.flagged_channels(), None, base_acc, curve, note, {})
 
 
-def prune_and_repair(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int):
+def prune_and_repair(model, channels, params, fill, clean, repair: RepairSettings, budget: dict, seed: int, *,
+                     show_progress: bool = False):
     """Prune ``model`` in place, repair a copy; return the copy, the clean samples' ACC (original,
     pruned, repaired), notes (what ``unlearn`` found) and the metadata the file records.
     Shared by ``prune --repair`` and :func:`bdprune.prune_model`; ``budget`` holds device and normalize."""
@@ -296,14 +298,15 @@ def prune_and_repair(model, channels, params, fill, clean, repair: RepairSetting
     meta = {"repair": repair.mode, "repair_epochs": str(repair.epochs) if trains else "", "repair_samples": str(len(clean))}
     triggers, notes = None, []
     if repair.mode == "unlearn":  # on the model as it came: pruning takes away the divergence the trigger explains
-        suspect, note = find_triggers(model, clean, device=dev, normalize=norm)
+        found, note = find_triggers(model, clean, device=dev, normalize=norm)
         notes.append(note)
-        if suspect is not None:
-            triggers = suspect.perturbations
-            meta.update(unlearned_class=str(suspect.target), unlearned_explained=f"{suspect.explained:.4f}")
+        if found is not None:
+            triggers = found.perturbations
+            meta.update(found.metadata())
     mask_model(model, channels, params, fill)
     pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
-    repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed, triggers=triggers)
+    repaired = repair_model(model, channels, params, fill, clean, repair, device=dev, normalize=norm, seed=seed, triggers=triggers,
+                            show_progress=show_progress)
     return repaired, (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm)), notes, meta
 
 

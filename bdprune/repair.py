@@ -5,14 +5,17 @@ probe synthesizes (``unlearn``, the unlearning of Neural Cleanse, Wang et al., S
 bdprune's probe in place of its trigger reverse-engineering).
 
 ``unlearn`` runs the class probe (bdprune.target) on the model before pruning, as the verdict
-does (pruning takes away the BN divergence a trigger would explain); when the candidate that
-explains most of that divergence reaches the verdict's bar (the checkpoint is judged suspicious),
-every perturbation the probe found for that class is a synthesized trigger. Each
-fine-tuning batch is then the clean batch plus the same images carrying one of them (drawn at
-random per batch) with their true labels, so the network learns that the trigger means nothing.
-Below the bar no trigger is named and ``unlearn`` fine-tunes on the clean batches alone, exactly
-as ``finetune``: adversarial perturbations of a clean model are its natural weak spots, and
-unlearning them cost clean models up to 2.5 points of ACC on the zoo's tune part.
+does (pruning takes away the BN divergence a trigger would explain). A class is suspected when
+the candidate that explains most of that divergence reaches the verdict's bar (the checkpoint is
+judged suspicious), or when one class leads the probe at many budgets (its persistence reaches
+PERSISTENCE_BAR: 1%-poisoned backdoors explain too little divergence for the verdict but still
+lead at most budgets). The probe's candidates for that class that single it out or explain the
+divergence are the synthesized triggers. Each fine-tuning batch is then the clean batch plus the same
+images carrying one of them (drawn at random per batch) with their true labels, so the network
+learns that the trigger means nothing. When no class is suspected ``unlearn`` fine-tunes on the
+clean batches alone, exactly as ``finetune``: adversarial perturbations of a clean model are its
+natural weak spots, and unlearning them cost clean models 0.3-1.4 points of ACC on the zoo's
+tune part.
 
 Pruned channels stay pruned: after every step their parameters are set back to what pruning
 gave them, so the file's ``pruned_channels`` metadata stays true. A backdoor can still regrow
@@ -32,9 +35,10 @@ from .data import ImageSet
 from .errors import BdpruneError
 from .evaluate import accuracy, predict
 from .methods.masks import cross_entropy, labelled_batches, seeded_rng
+from .progress import progress_bar
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
-from .target import SuspectTrigger, suspect_trigger
+from .target import class_triggers, persistence, suspect_trigger
 
 REPAIRS = ("none", "bn", "finetune", "unlearn")
 
@@ -69,6 +73,7 @@ def repair_model(
     normalize=None,
     seed: int = 0,
     triggers: Sequence[Tensor] | None = None,
+    show_progress: bool = False,
 ) -> nn.Module:
     """A repaired copy of the pruned ``model`` (``model`` itself is not changed). ``triggers`` are
     the pixel-space perturbations ``unlearn`` teaches the model to ignore (:func:`find_triggers`);
@@ -88,37 +93,84 @@ def repair_model(
     with seeded_rng(seed, device):
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-        for _ in range(settings.epochs):
-            for idx in batches.shuffled_indices(g):
-                images, labels = batches.images[idx], batches.labels[idx]
-                if stamped:  # the same images carrying one synthesized trigger, with their true labels
-                    pick = stamped[int(torch.randint(len(stamped), (1,), generator=g))]
-                    images, labels = torch.cat([images, pick[idx]]), torch.cat([labels, labels])
-                loss, _ = cross_entropy(net, images, labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                mask_model(net, channels, params, fill)  # hold the pruned channels pruned
+        with progress_bar(settings.epochs, f"--repair {settings.mode}: epochs", enabled=show_progress) as advance:
+            for _ in range(settings.epochs):
+                _train_epoch(net, batches, stamped, g, opt, channels, params, fill)
+                advance(1)
     return net.eval()
 
 
-def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, normalize=None) -> tuple[SuspectTrigger | None, str]:
-    """The trigger ``unlearn`` removes: the class probe's suspect when it explains at least the
-    verdict's bar (EXPLAINED_BAR) of the BN divergence, else None; and a note saying which."""
+def _train_epoch(net, batches, stamped, g, opt, channels, params, fill) -> None:
+    """One epoch of finetune / unlearn over shuffled clean batches (each with its triggered copy when ``stamped``)."""
+    for idx in batches.shuffled_indices(g):
+        images, labels = batches.images[idx], batches.labels[idx]
+        if stamped:  # the same images carrying one synthesized trigger, with their true labels
+            pick = stamped[int(torch.randint(len(stamped), (1,), generator=g))]
+            images, labels = torch.cat([images, pick[idx]]), torch.cat([labels, labels])
+        loss, _ = cross_entropy(net, images, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        mask_model(net, channels, params, fill)  # hold the pruned channels pruned
+
+
+# The second gate of ``unlearn`` (the first is the verdict's explained bar), chosen on the removal zoo's
+# tune part only (benchmarks/removal.py): clean models' largest persistence there 0.47; the two
+# 1%-poisoned backdoors the explained bar misses 1.29 and 3.96. Looser than a CI gate should be: on
+# the verdict zoo 2 of 32 clean models pass it (1.20, 2.29), and unlearning a clean model's weak
+# spot cost it 0.3-1.4 points of ACC on the tune part.
+PERSISTENCE_BAR = 1.0
+
+
+@dataclass
+class Triggers:
+    """What ``unlearn`` removes: the suspected class, why it was chosen, its synthesized triggers."""
+
+    target: int
+    explained: float | None  # the verdict's explained share, when that is what chose the class
+    persistence: float
+    perturbations: list[Tensor]  # C x H x W each, pixel space
+
+    def metadata(self) -> dict[str, str]:
+        """The file's text metadata for this unlearning."""
+        meta = {"unlearned_class": str(self.target), "unlearned_persistence": f"{self.persistence:.4f}"}
+        if self.explained is not None:
+            meta["unlearned_explained"] = f"{self.explained:.4f}"
+        return meta
+
+
+def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, normalize=None) -> tuple[Triggers | None, str]:
+    """The triggers ``unlearn`` removes, and a note saying what was found.
+
+    The class probe's class is unlearned when its best candidate explains at least the verdict's
+    bar (EXPLAINED_BAR) of the BN divergence (the checkpoint is judged suspicious), or else when
+    one class's persistence (:func:`bdprune.target.persistence`) reaches PERSISTENCE_BAR (a
+    low-rate backdoor the verdict misses); its triggers are the probe's candidates for that class
+    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.target.class_triggers`).
+    Otherwise None."""
     from .verdict import EXPLAINED_BAR, MIN_GAP
 
     found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
-    suspect = None if found is None else found[1]
     if found is None:
-        why = "the class probe cannot run (too many classes)"
-    elif suspect is None:
-        why = "no class probe candidate singles out a class"
-    elif suspect.explained < EXPLAINED_BAR:
-        why = f"the best explains {suspect.explained:.3f} of the BN divergence, below the verdict's bar {EXPLAINED_BAR}"
+        return None, "--repair unlearn found no trigger (the class probe cannot run: too many classes): fine-tuned on the clean samples alone"
+    probe, suspect = found
+    lead = persistence(probe, MIN_GAP)
+    best = max(range(len(lead)), key=lead.__getitem__)
+    if suspect is not None and suspect.explained >= EXPLAINED_BAR:
+        cls, explained = suspect.target, suspect.explained
+        why = f"its trigger ({suspect.budget}) explains {explained:.3f} of the BN divergence"
+    elif lead[best] >= PERSISTENCE_BAR:
+        cls, explained = best, None
+        why = f"it leads the class probe with persistence {lead[best]:.2f} (bar {PERSISTENCE_BAR:g})"
     else:
-        return suspect, (f"--repair unlearn: the class probe's trigger for class {suspect.target} ({suspect.budget}) explains "
-                         f"{suspect.explained:.3f} of the BN divergence; unlearned {len(suspect.perturbations)} synthesized triggers")
-    return None, f"--repair unlearn found no trigger ({why}): fine-tuned on the clean samples alone"
+        explains = ("no candidate singles out a class" if suspect is None
+                    else f"the best explains {suspect.explained:.3f}, below the verdict's bar {EXPLAINED_BAR}")
+        return None, (f"--repair unlearn found no trigger ({explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}): "
+                      "fine-tuned on the clean samples alone")
+    perturbations = class_triggers(model, data.images, probe, cls, min_gap=MIN_GAP, min_explained=EXPLAINED_BAR, device=device,
+                                   normalize=normalize)
+    triggers = Triggers(cls, explained, lead[cls], perturbations)
+    return triggers, f"--repair unlearn: class {cls}, {why}; unlearned {len(triggers.perturbations)} synthesized triggers"
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:

@@ -296,13 +296,12 @@ MIX = (0.01, 0.02, 0.05, 0.1, 0.2)
 @dataclass
 class SuspectTrigger:
     """The probe candidate that explains most of the BN divergence: its class, budget, gap and
-    explained share, with every candidate perturbation the probe found for that class."""
+    explained share."""
 
     target: int
     budget: str
     gap: float
     explained: float
-    perturbations: list[Tensor]  # C x H x W each, pixel space, one per budget that reached ``target``
 
 
 def suspect_trigger(model: nn.Module, images: Tensor, *, min_gap: float, device: torch.device | str = "cpu",
@@ -320,8 +319,38 @@ def suspect_trigger(model: nn.Module, images: Tensor, *, min_gap: float, device:
     explained = explained_divergence(model, images, [cand[3] for cand in usable], device=device, normalize=normalize)
     i = max(range(len(explained)), key=lambda j: explained[j])
     budget, target, gap, _ = usable[i]
-    same = [cand[3] for cand in probe.candidates if cand[1] == target]
-    return probe, SuspectTrigger(target, budget, gap, explained[i], same)
+    return probe, SuspectTrigger(target, budget, gap, explained[i])
+
+
+def persistence(probe: ProbeResult, min_gap: float) -> list[float]:
+    """Per class, its lead summed over the probe's budgets at which it leads by at least ``min_gap``.
+
+    A backdoor is a shortcut to its class at every budget, dense or sparse, so the class leads at
+    most of them, even at 1% poisoning, where the trigger explains little of the BN divergence; a
+    clean model's weak spot leads at one or two (the zoo's numbers: benchmarks/RESULTS.md). Between
+    0 and the number of budgets."""
+    out = [0.0] * len(probe.success)
+    for _, cls, gap, _ in probe.candidates:
+        if gap >= min_gap:
+            out[cls] += gap
+    return out
+
+
+def class_triggers(model: nn.Module, images: Tensor, probe: ProbeResult, cls: int, *, min_gap: float, min_explained: float,
+                   device: torch.device | str = "cpu", normalize=None) -> list[Tensor]:
+    """The synthesized triggers of class ``cls`` (C x H x W each, pixel space): the probe's
+    candidates for ``cls`` that single it out (it leads the next class by ``min_gap``) or act like
+    a trigger the training data carried (they explain ``min_explained`` of the BN divergence).
+
+    The second kind matters at large budgets, where every class is reachable (no lead) but the
+    backdoor class's perturbation still reproduces the triggered training data; a candidate with
+    neither is the arbitrary winner of a tie and is left out."""
+    weak = [i for i, (_, k, gap, _) in enumerate(probe.candidates) if k == cls and gap < min_gap]
+    shares = explained_divergence(model, images, [probe.candidates[i][3] for i in weak], device=device,
+                                  normalize=normalize) if weak else []
+    explains = dict(zip(weak, shares))
+    return [delta for i, (_, k, gap, delta) in enumerate(probe.candidates)
+            if k == cls and (gap >= min_gap or explains[i] >= min_explained)]
 
 
 def explained_divergence(model: nn.Module, images: Tensor, perturbations: Sequence[Tensor], *,

@@ -69,25 +69,35 @@ def test_shipped_data_files_are_small_uint8_and_disjoint():
         assert p.stat().st_size < 1024 * 1024
 
 
-def test_default_prune_meets_the_issue_bar(result):
-    # Issue 3: BNP at u=3 with the clean samples cuts ASR by >= 50 points, ACC drops <= 3 points.
+def test_default_demo_removes_the_backdoor_and_keeps_accuracy(result):
+    # Issue 13's bar, on the demo's held-out test digits: BNP at u=3, then --repair unlearn, takes ASR
+    # to <= 5% with ACC within 2 points.
     assert result.scan.method == "bnp" and result.prune.method == "bnp" and result.prune.u == 3.0
     assert result.before.asr >= 90.0 and result.before.acc >= 95.0  # the backdoor is really there
-    assert result.asr_drop >= 50.0, (result.before.asr, result.after.asr)
-    assert result.acc_drop <= 3.0, (result.before.acc, result.after.acc)
+    assert result.after.asr <= 5.0, (result.before.asr, result.after.asr)
+    assert result.acc_drop <= 2.0, (result.before.acc, result.after.acc)
     assert result.channels_pruned == result.scan.flagged_total > 0
+    assert result.prune.repair == "unlearn"
+    assert any(note.startswith(f"--repair unlearn: class {demo.demo_target()},") for note in result.prune.notes), result.prune.notes
     assert result.output is None
 
 
-def test_cli_demo_exits_0_and_prints_every_step(tmp_path):
+def test_cli_demo_without_repair_is_bnp_alone_and_meets_the_issue_3_bar(tmp_path):
+    from bdprune.core import evaluate_checkpoints
+
     runner = CliRunner()
-    res = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
+    res = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu", "--repair", "none"])
     assert res.exit_code == 0, res.output
     out = res.output
     for text in ("Step 1/3", "Top 10 channels", "Pruned channels", "Evaluation", "delta", "ASR"):
         assert text in out
+    assert "Step 2/3: prune (the defaults of `bdprune prune`)" in out and "--repair" not in out.split("Step 2/3")[1].split("\n")[0]
     pruned = tmp_path / demo.PRUNED_NAME
     assert pruned.is_file()
+    # Issue 3: BNP at u=3 with the clean samples alone cuts ASR by >= 50 points, ACC drops <= 3 points.
+    before, after = evaluate_checkpoints([demo.MODEL, pruned], demo.ARCH, data=demo.TEST, target=demo.demo_target(),
+                                         poisoned=demo.TEST_TRIGGERED, device="cpu")
+    assert before.asr - after.asr >= 50.0 and before.acc - after.acc <= 3.0, (before, after)
     # a second run refuses to overwrite it without --force, before doing any work
     again = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
     assert again.exit_code == 2 and "Step 1/3" not in again.output

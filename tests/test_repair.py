@@ -7,6 +7,7 @@ import copy
 import json
 
 import numpy as np
+import pytest
 import torch
 from _images import make_images
 from safetensors import safe_open
@@ -130,3 +131,48 @@ def test_unlearn_without_triggers_is_exactly_finetune(bn_model):
     b = repair_model(bn_model, {}, ("weight",), None, data, RepairSettings("finetune", epochs=2), device=CPU)
     for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), key
+
+
+def _fake_probe(monkeypatch, candidates, explained):
+    """Make find_triggers see a probe with ``candidates`` whose best usable one explains ``explained``
+    (None: no candidate singles out a class); class_triggers returns the class's perturbations."""
+    import bdprune.repair as repair
+    from bdprune.target import ProbeResult, SuspectTrigger
+
+    probe = ProbeResult([0.0] * 10, 0, 0.0, "", 8, 0.0, None, candidates)
+    usable = [c for c in candidates if c[2] >= 0.1]
+    best = max(usable, key=lambda c: c[2]) if usable else None
+    suspect = None if explained is None else SuspectTrigger(best[1], best[0], best[2], explained)
+    monkeypatch.setattr(repair, "suspect_trigger", lambda *a, **k: (probe, suspect))
+    monkeypatch.setattr(repair, "class_triggers", lambda model, images, probe, cls, **k: [c[3] for c in probe.candidates if c[1] == cls])
+
+
+def test_find_triggers_unlearns_the_class_the_verdict_suspects(monkeypatch):
+    from bdprune.repair import find_triggers
+
+    d = torch.zeros(1, 2, 2)
+    _fake_probe(monkeypatch, [("l2=0.1", 3, 0.3, d), ("l1=0.01", 5, 0.2, d), ("l1=0.02", 5, 0.2, d)], explained=0.2)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    # explained 0.2 >= the verdict's bar 0.15: its class 3, although class 5 persists more (0.4 vs 0.3)
+    assert found.target == 3 and found.explained == 0.2 and found.persistence == pytest.approx(0.3)
+    assert found.metadata() == {"unlearned_class": "3", "unlearned_persistence": "0.3000", "unlearned_explained": "0.2000"}
+    assert "class 3" in note and "explains 0.200" in note
+
+
+def test_find_triggers_unlearns_a_persistent_class_below_the_explained_bar(monkeypatch):
+    from bdprune.repair import PERSISTENCE_BAR, find_triggers
+
+    d = torch.zeros(1, 2, 2)
+    leads = [("l2=0.05", 4, 0.4, d), ("l2=0.1", 4, 0.3, d), ("l1=0.01", 4, 0.3, d), ("l1=0.02", 7, 0.5, d)]
+    _fake_probe(monkeypatch, leads, explained=0.05)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert PERSISTENCE_BAR == 1.0 and found.target == 4 and found.explained is None
+    assert found.persistence == pytest.approx(1.0) and len(found.perturbations) == 3
+    assert "unlearned_explained" not in found.metadata() and "persistence 1.00" in note
+    # just below the bar on both counts: nothing is unlearned
+    _fake_probe(monkeypatch, leads[1:], explained=0.149)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert found is None and "found no trigger" in note and "persistence 0.60" in note
+    _fake_probe(monkeypatch, [("l2=0.05", 4, 0.05, d)], explained=None)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert found is None and "no candidate singles out a class" in note

@@ -9,7 +9,8 @@ import pytest
 import torch
 from _slow_reference import bnp_reference
 
-from bdprune.target import channel_moments, class_probe, explained_divergence, mixture_kl, project_l1
+from bdprune.target import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
+                            project_l1)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,3 +93,40 @@ def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
     assert y.tolist() == [0.0, 0.0, pytest.approx(0.3), 1.0, 1.0]
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def _probe(candidates, classes=4) -> ProbeResult:
+    """A probe result with hand-made candidates (budget, class, gap, perturbation)."""
+    return ProbeResult([0.0] * classes, 0, 0.0, "", 8, 0.0, None, candidates)
+
+
+def test_persistence_sums_each_class_lead_where_it_leads_by_min_gap():
+    delta = torch.zeros(1, 2, 2)
+    probe = _probe([("l2=0.05", 1, 0.5, delta), ("l2=0.1", 1, 0.25, delta), ("l2=0.2", 2, 0.0, delta),
+                    ("l1=0.01", 1, 0.05, delta), ("l1=0.02", 3, 0.1, delta), ("l1=0.04", 3, 0.099, delta)])
+    # by hand: class 1 = 0.5 + 0.25 (0.05 < 0.1 left out); class 3 = 0.1 (0.099 left out); class 2 leads by nothing
+    assert persistence(probe, 0.1) == pytest.approx([0.0, 0.75, 0.0, 0.1])
+    assert persistence(probe, 0.0) == pytest.approx([0.0, 0.8, 0.0, 0.199])
+
+
+def test_class_triggers_keep_the_leading_candidates_and_the_weak_ones_that_explain(monkeypatch):
+    import bdprune.target as target
+
+    d = [torch.full((1, 2, 2), float(i)) for i in range(5)]
+    probe = _probe([("a", 2, 0.4, d[0]), ("b", 2, 0.0, d[1]), ("c", 1, 0.9, d[2]), ("d", 2, 0.05, d[3]), ("e", 2, 0.1, d[4])])
+    shares = {1.0: 0.2, 3.0: 0.1}  # what the weak class-2 candidates explain, by their value
+    seen = []
+
+    def fake_explained(model, images, perturbations, **kw):
+        seen.append([float(p[0, 0, 0]) for p in perturbations])
+        return [shares[float(p[0, 0, 0])] for p in perturbations]
+
+    monkeypatch.setattr(target, "explained_divergence", fake_explained)
+    got = class_triggers(None, None, probe, 2, min_gap=0.1, min_explained=0.15)
+    # leading: a (0.4) and e (0.1, at the bar); weak: b explains 0.2 (kept), d 0.1 (left out); c is another class;
+    # in the probe's order
+    assert [float(t[0, 0, 0]) for t in got] == [0.0, 1.0, 4.0]
+    assert seen == [[1.0, 3.0]]  # only the weak candidates of the class are measured
+    seen.clear()
+    assert [float(t[0, 0, 0]) for t in class_triggers(None, None, probe, 1, min_gap=0.1, min_explained=0.15)] == [2.0]
+    assert seen == []

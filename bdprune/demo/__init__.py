@@ -3,7 +3,7 @@ this folder, so that ``bdprune demo`` shows the whole job (scan -> prune -> eval
 
 :func:`run_demo` goes through the same core functions as the ``scan``, ``prune`` and ``eval``
 commands (:mod:`bdprune.core`) with the defaults of ``prune`` (BNP at u=3 on the clean samples)
-and prints the same views. How the files were made: ``README.md`` here and
+followed by the repair the README recommends (``--repair unlearn``), and prints the same views. How the files were made: ``README.md`` here and
 :mod:`bdprune.demo.train_demo`.
 """
 
@@ -69,8 +69,10 @@ def run_demo(
     device: str = "auto",
     console=None,
     show_progress: bool = True,
+    repair: str = "unlearn",
 ) -> DemoResult:
-    """Scan, prune and evaluate the shipped backdoored model; print each step on ``console``.
+    """Scan, prune (then ``repair``: one of bdprune.repair.REPAIRS) and evaluate the shipped
+    backdoored model; print each step on ``console``.
 
     The pruned file goes to ``output_dir/model.pruned.safetensors`` (refused if it exists unless
     ``force``), or to a temporary directory that is removed afterwards.
@@ -81,7 +83,9 @@ def run_demo(
     from ..report.eval_view import print_eval
     from ..report.prune_view import print_prune
     from ..report import REPORTERS
+    from ..repair import RepairSettings
 
+    settings = RepairSettings(repair).check()
     console = console or stdout_console()
     for path in (MODEL, CLEAN, TEST, TEST_TRIGGERED):
         if not path.is_file():
@@ -117,11 +121,15 @@ def run_demo(
             out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bdprune-demo-")))
         else:
             out_dir = output_dir
-        console.print("Step 2/3: prune (the defaults of `bdprune prune`)", style="bold", markup=False, highlight=False)
+        how = "the defaults of `bdprune prune`" + ("" if repair == "none" else f", then --repair {repair}")
+        console.print(f"Step 2/3: prune ({how})", style="bold", markup=False, highlight=False)
         outcome = prune_checkpoint(
-            MODEL, ARCH, data=CLEAN, output=out_dir / PRUNED_NAME, force=force, device=device, show_progress=show_progress
+            MODEL, ARCH, data=CLEAN, output=out_dir / PRUNED_NAME, force=force, device=device, show_progress=show_progress,
+            repair=settings,
         )
         print_prune(outcome, console)
+        for note in outcome.notes:  # what --repair found and did, as `bdprune prune` notes it on stderr
+            console.print(f"note: {note}", style="dim", markup=False, highlight=False)
         console.print(
             f"Step 3/3: evaluate on {TEST.name} ({_count(TEST)} clean digits) and {TEST_TRIGGERED.name} (the same, patched)",
             style="bold", markup=False, highlight=False,
@@ -132,7 +140,8 @@ def run_demo(
     print_eval([before, after], "table", console)
     result = DemoResult(scan, outcome, before, after, None if output_dir is None else outcome.output)
     console.print(
-        f"Pruning {result.channels_pruned} of {outcome.channels_total} channels took ASR from {before.asr:.2f}% to "
+        f"Pruning {result.channels_pruned} of {outcome.channels_total} channels"
+        f"{'' if repair == 'none' else f' and --repair {repair}'} took ASR from {before.asr:.2f}% to "
         f"{after.asr:.2f}% ({-result.asr_drop:+.2f} points) and ACC from {before.acc:.2f}% to {after.acc:.2f}% "
         f"({-result.acc_drop:+.2f} points).",
         markup=False, highlight=False,
@@ -140,7 +149,8 @@ def run_demo(
     if output_dir is None:
         console.print("The pruned file was temporary; pass --output-dir to keep it.", style="dim", markup=False, highlight=False)
     console.print(
-        "On your own model: bdprune scan MODEL --arch ARCH --data CLEAN.npz, then bdprune prune and bdprune eval.",
+        "On your own model: bdprune scan MODEL --arch ARCH --data CLEAN.npz, then bdprune prune MODEL --arch ARCH "
+        "--data CLEAN.npz --repair unlearn -o CLEANED.safetensors and bdprune eval.",
         style="dim", markup=False, highlight=False,
     )
     return result
