@@ -101,6 +101,9 @@ def test_cli_demo_without_repair_is_bnp_alone_and_meets_the_issue_3_bar(tmp_path
     # a second run refuses to overwrite it without --force, before doing any work
     again = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu"])
     assert again.exit_code == 2 and "Step 1/3" not in again.output
+    # an unknown repair is refused before any work too
+    bad = runner.invoke(app, ["demo", "--device", "cpu", "--repair", "bogus"])
+    assert bad.exit_code == 2 and "unknown --repair 'bogus'" in bad.output and "Step 1/3" not in bad.output
 
 
 # --- the verdict at defaults (issue 14) -----------------------------------------------------

@@ -3,8 +3,8 @@ this folder, so that ``bdprune demo`` shows the whole job (scan -> prune -> eval
 
 :func:`run_demo` goes through the same core functions as the ``scan``, ``prune`` and ``eval``
 commands (:mod:`bdprune.core`) with the defaults of ``prune`` (BNP at u=3 on the clean samples)
-followed by the repair the README recommends (``--repair unlearn``), and prints the same views. How the files were made: ``README.md`` here and
-:mod:`bdprune.demo.train_demo`.
+followed by the repair the README recommends (``--repair unlearn``), and prints the same views.
+How the files were made: ``README.md`` here and :mod:`bdprune.demo.train_demo`.
 """
 
 from __future__ import annotations
