@@ -343,8 +343,8 @@ def class_triggers(model: nn.Module, images: Tensor, probe: ProbeResult, cls: in
     a trigger the training data carried (they explain ``min_explained`` of the BN divergence).
 
     The second kind matters at large budgets, where every class is reachable (no lead) but the
-    backdoor class's perturbation still reproduces the triggered training data; a candidate with
-    neither is the arbitrary winner of a tie and is left out."""
+    backdoor class's perturbation still reproduces the triggered training data. A candidate with
+    neither is left out: often it is only the lowest-numbered winner of a tie at such a budget."""
     weak = [i for i, (_, k, gap, _) in enumerate(probe.candidates) if k == cls and gap < min_gap]
     shares = explained_divergence(model, images, [probe.candidates[i][3] for i in weak], device=device,
                                   normalize=normalize) if weak else []
