@@ -150,9 +150,10 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
     Otherwise None."""
     from .verdict import EXPLAINED_BAR, MIN_GAP
 
+    none = "--repair unlearn found no trigger ({}): fine-tuned on the clean samples alone"
     found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
     if found is None:
-        return None, "--repair unlearn found no trigger (the class probe cannot run: too many classes): fine-tuned on the clean samples alone"
+        return None, none.format("the class probe cannot run: too many classes")
     probe, suspect = found
     lead = persistence(probe, MIN_GAP)
     best = max(range(len(lead)), key=lead.__getitem__)
@@ -165,8 +166,7 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
     else:
         explains = ("no candidate singles out a class" if suspect is None
                     else f"the best explains {suspect.explained:.3f}, below the verdict's bar {EXPLAINED_BAR}")
-        return None, (f"--repair unlearn found no trigger ({explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}): "
-                      "fine-tuned on the clean samples alone")
+        return None, none.format(f"{explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}")
     perturbations = class_triggers(model, data.images, probe, cls, min_gap=MIN_GAP, min_explained=EXPLAINED_BAR, device=device,
                                    normalize=normalize)
     triggers = Triggers(cls, explained, lead[cls], perturbations)
