@@ -33,21 +33,14 @@ SPECS = [
 
 
 def acc_asr(path, spec: vz.Spec, data) -> tuple[float, float | None]:
-    """ACC on the 1,000 test images and ASR on those not of the target class, triggered."""
+    """ACC and ASR (:func:`verdict_zoo.acc_asr`) of the safetensors file at ``path``."""
     from safetensors.torch import load_file
 
     from bdprune.archs import build_model
-    from bdprune.triggers import parse_trigger
 
     model, _ = build_model(spec.arch, None, arch_args=spec.arch_args)
     model.load_state_dict(load_file(str(path)))
-    model.eval()
-    acc = vz.accuracy(model, data["test_x"], data["test_y"])
-    if spec.target is None:
-        return acc, None
-    keep = data["test_y"] != spec.target
-    trig = parse_trigger(spec.trigger).apply(data["test_x"][keep])
-    return acc, vz.accuracy(model, trig, torch.full((len(trig),), spec.target))
+    return vz.acc_asr(model, spec, data)
 
 
 def remove(spec: vz.Spec, data) -> dict:

@@ -171,6 +171,19 @@ def accuracy(model, x, y) -> float:
     return 100.0 * float((pred == y).double().mean())
 
 
+def acc_asr(model, spec: Spec, data: dict[str, torch.Tensor]) -> tuple[float, float | None]:
+    """ACC on the test images and, for a backdoored ``spec``, ASR on those not of its target, triggered."""
+    from bdprune.triggers import parse_trigger
+
+    model.eval()
+    acc = accuracy(model, data["test_x"], data["test_y"])
+    if spec.attack == "clean":
+        return acc, None
+    keep = data["test_y"] != spec.target
+    trig = parse_trigger(spec.trigger).apply(data["test_x"][keep])
+    return acc, accuracy(model, trig, torch.full((len(trig),), spec.target))
+
+
 def train_one(spec: Spec, data: dict[str, torch.Tensor]) -> dict:
     from safetensors.torch import save_file
 
@@ -190,13 +203,7 @@ def train_one(spec: Spec, data: dict[str, torch.Tensor]) -> dict:
     t0 = time.perf_counter()
     train_classifier(model, x, y, epochs=KINDS[spec.kind][3], seed=spec.seed)
     train_s = time.perf_counter() - t0
-    model.eval()
-    acc = accuracy(model, data["test_x"], data["test_y"])
-    asr = None
-    if spec.attack != "clean":
-        keep = data["test_y"] != spec.target
-        trig = parse_trigger(spec.trigger).apply(data["test_x"][keep])
-        asr = accuracy(model, trig, torch.full((len(trig),), spec.target))
+    acc, asr = acc_asr(model, spec, data)
     model_path(spec).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(model_path(spec)))
     meta = {**asdict(spec), "arch_args": spec.arch_args, "poisoned_images": poisoned, "train_images": len(x),
@@ -276,6 +283,7 @@ def statistics_of(scan: dict, probe: dict | None) -> dict[str, float]:
     from types import SimpleNamespace
 
     from bdprune.repair import PERSISTENCE_BAR
+    from bdprune.target import persistence
     from bdprune.verdict import EXPLAINED_BAR, KL_RATIO_BAR, MIN_GAP, kl_ratio
 
     layers = [SimpleNamespace(name=l["name"], scores=l["scores"]) for l in scan["layers"]]
@@ -293,9 +301,8 @@ def statistics_of(scan: dict, probe: dict | None) -> dict[str, float]:
         out["explained"] = max(usable, default=0.0)
         out["verdict (explained / bar)"] = out["explained"] / EXPLAINED_BAR
         out["first rule: max(kl-ratio / 12, explained / bar)"] = max(ratio / KL_RATIO_BAR, out["explained"] / EXPLAINED_BAR)
-        lead = [0.0] * len(probe["success"])  # bdprune.target.persistence, from the cached candidates
-        for _, cls, gap in probe["candidates"]:
-            lead[cls] += gap if gap >= MIN_GAP else 0.0
+        cached = SimpleNamespace(success=probe["success"], candidates=[(*cand, None) for cand in probe["candidates"]])
+        lead = persistence(cached, MIN_GAP)
         out["persistence (--repair unlearn)"] = max(lead)
         out["unlearn gate: max(explained / bar, persistence / 1)"] = max(out["verdict (explained / bar)"], max(lead) / PERSISTENCE_BAR)
     return out
