@@ -197,6 +197,8 @@ def test_sig_defaults():
 ALL_SPECS = [
     "patch:size=3,pos=br,color=1", "patch:pos=2:3,color=#102030", "patch:checker,pos=tr",
     "blend:noise,seed=5,alpha=0.2", "sig:delta=0.08,freq=6", "sig:delta=1",
+    "patch:size=2,pos=random,seed=4", "lowfreq:k=3,amp=0.2,seed=1", "adaptive:pieces=2,keep=0.5,alpha=0.3,seed=2",
+    "dynamic:alpha=0.3,seed=5",
 ]
 
 
@@ -247,7 +249,9 @@ BAD_SPECS = [
     "blend:noise,seed=1.5", "blend:noise=1", "blend:image=missing.png,alpha=0.2",
     "blend:image=notimage.png", "blend:image=sub,alpha=0.2", "blend:image=a.png,noise",
     "blend:image=,alpha=0.1", "sig:delta=x", "sig:delta=2", "sig:freq=0", "sig:freq=-1",
-    "sig:amp=0.1", "sig:noise",
+    "sig:amp=0.1", "sig:noise", "patch:pos=random,margin=1", "patch:seed=3", "patch:pos=random,seed=-1",
+    "lowfreq:k=1", "lowfreq:amp=2", "lowfreq:seed=x", "adaptive:keep=0", "adaptive:pieces=0", "adaptive:alpha=1.5",
+    "dynamic:alpha=-0.1", "dynamic:k=3",
 ]
 
 
@@ -286,7 +290,7 @@ def test_bad_image_tensor_raises(bad):
 
 # --- fuzzing -------------------------------------------------------------------------------
 
-WORDS = ["patch", "blend", "sig", "warp", "k", "s", "size", "pos", "margin", "color", "checker", "image", "alpha",
+WORDS = ["patch", "blend", "sig", "warp", "lowfreq", "adaptive", "dynamic", "random", "amp", "pieces", "keep", "k", "s", "size", "pos", "margin", "color", "checker", "image", "alpha",
          "noise", "seed", "delta", "freq", "tl", "br", "1", "0", "0.5", "-1", "3", "#ff00ff",
          "1:2", "0.1:0.2:0.3", "nan", "inf", "1e400", "x.png", "", " "]
 SEPS = [":", ",", "=", "#", ".", "-"]
