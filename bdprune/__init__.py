@@ -4,9 +4,10 @@ The Python API (``bdprune.scan_model``, ``bdprune.prune_model``, ``bdprune.write
 :mod:`bdprune.api` and is imported on first use, so ``import bdprune`` stays light.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["__version__", "scan_model", "prune_model", "write_report", "plot_scan", "plot_curve", "state_sha256", "Pruned", "ScanResult"]
+__all__ = ["__version__", "scan_model", "prune_model", "scan_checkpoints", "prune_checkpoint", "evaluate_checkpoints", "write_report",
+           "plot_scan", "plot_curve", "state_sha256", "Pruned", "ScanResult"]
 
 
 def __getattr__(name: str):

@@ -1,20 +1,22 @@
-"""The Python API: scan and prune an ``nn.Module`` you hold, with the same code the CLI runs.
+"""The public API: what the CLI, the demo and a Python caller all use.
 
 >>> import bdprune
 >>> result = bdprune.scan_model(model, images)                    # doctest: +SKIP
 >>> pruned = bdprune.prune_model(model, result, output="model.pruned.safetensors")  # doctest: +SKIP
+>>> run = bdprune.scan_checkpoints(["models/"], "resnet18", data="clean.npz", jobs=2)  # doctest: +SKIP
 
 ``scan_model`` and ``prune_model`` never change the model they are given (``in_place=True`` asks
 ``prune_model`` to); scoring and budgets run on a copy, on the model's own device unless ``device`` says
-otherwise. Errors are :class:`bdprune.errors.BdpruneError`, one line naming the input and the fix.
+otherwise. ``scan_checkpoints``, ``prune_checkpoint`` and ``evaluate_checkpoints`` work on files,
+as ``bdprune scan``, ``prune`` and ``eval`` do. Errors are :class:`bdprune.errors.BdpruneError`, one
+line naming the input and the fix (and the parameter, as the caller wrote it).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,19 +24,21 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, file_sha256
-from .core import PruneOutcome, choose_amount, prune_and_repair, scan_loaded
-from .data import parse_normalize
 from .errors import BdpruneError
+from .evaluate import EvalResult, evaluate_model
+from .fleet import FleetRun, scan_fleet
 from .inputs import as_image_set
-from .prune import check_channels, mask_model, pruning_metadata, safetensors_bytes, write_safetensors
+from .options import ScanSettings, check_batch_size, check_samples, resolve_device
+from .prune import check_channels, safetensors_bytes, write_safetensors
+from .pruning import PARAMETERS, PruneOutcome, budget_rules, choose_channels, outcome_metadata, prune_and_repair
 from .repair import RepairSettings
-from .scan import LoadedModel, check_batch_size, check_samples, resolve_device
+from .scan import LoadedModel, scan_loaded
 from .scoring import ScanFailure, ScanResult
 
 
 @dataclass
 class Pruned(PruneOutcome):
-    """What :func:`prune_model` did: everything a :class:`~bdprune.core.PruneOutcome` holds (``output``
+    """What :func:`prune_model` did: everything a :class:`~bdprune.pruning.PruneOutcome` holds (``output``
     is None when nothing was written), the pruned ``model``, and the budget it used."""
 
     model: Any = None
@@ -80,11 +84,10 @@ def scan_model(
     check_batch_size(batch_size)
     check_samples(samples, seed)
     images = None if data is None else as_image_set(data, labels, samples=samples, seed=seed)
-    loaded = _loaded(model, name, dev)
-    return scan_loaded(
-        loaded, images, method=method, u=u, seed=seed, normalize=normalize, device=str(dev), batch_size=batch_size,
-        show_progress=show_progress, fail_threshold=fail_threshold, method_args=_strings(method_args),
-    )
+    settings = ScanSettings(method=method, u=u, seed=seed, normalize=normalize, batch_size=batch_size, fail_threshold=fail_threshold,
+                            method_args=_strings(method_args))
+    resolved = settings.resolve(has_data=images is not None, device=dev)
+    return scan_loaded(_loaded(model, name), images, resolved, show_progress=show_progress)
 
 
 def prune_model(
@@ -121,20 +124,7 @@ def prune_model(
     ``unlearn``, or a :class:`~bdprune.repair.RepairSettings`) then recovers the pruned model on the
     labelled clean ``repair_data``, as ``prune --repair`` does. Returns :class:`Pruned`; ``.model``
     is the pruned (and repaired) module."""
-    chosen = [name for name, value in (("u", u), ("k", k), ("channels", channels), ("max_acc_drop", max_acc_drop)) if value is not None]
-    if len(chosen) > 1:
-        raise BdpruneError(f"pass one of u, k, channels and max_acc_drop, not {' and '.join(chosen)}")
-    if not isinstance(result, ScanResult):
-        raise BdpruneError(f"result must be the ScanResult of bdprune.scan_model, not a {type(result).__name__}")
-    if result.ranking == "network" and not chosen:  # bnp+: the amount always comes from a budget
-        from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
-
-        if val is None:
-            raise BdpruneError(f"{result.method} chooses how many channels to prune from a clean-accuracy budget",
-                               hint="pass val= (labelled clean samples), or k= or channels=")
-        max_acc_drop = DEFAULT_MAX_ACC_DROP
-    if (max_acc_drop is None) != (val is None):
-        raise BdpruneError("max_acc_drop and val go together", hint="pass both to choose the amount from a clean-accuracy budget")
+    max_acc_drop, by_k = _selection(result, u=u, k=k, channels=channels, max_acc_drop=max_acc_drop, val=val)
     settings = (repair if isinstance(repair, RepairSettings) else RepairSettings(str(repair))).check()
     if (settings.mode == "none") != (repair_data is None):
         raise BdpruneError("repair and repair_data go together", hint="pass repair='unlearn' (or bn, finetune) with labelled clean repair_data")
@@ -144,55 +134,111 @@ def prune_model(
         from .atomic import check_output_path
 
         check_output_path(out, inputs=inputs, force=force)  # fail before any work
-    dev = _device(model, device)
-    check_batch_size(batch_size)
-    digest = None
-    if out is not None:
-        digest = file_sha256(Path(source)) if source is not None else state_sha256(model)
+    resolved = ScanSettings(normalize=normalize, batch_size=batch_size, seed=seed).resolve(has_data=True, device=_device(model, device))
+    digest = None if out is None else (file_sha256(Path(source)) if source is not None else state_sha256(model))
     modes = {m: m.training for m in model.modules()}
     work = model if in_place else _copy(model)
-    notes: list[str] = []
-    curve, base_acc, extra, used_k = [], None, {}, k
-    if max_acc_drop is not None:
-        val_set = as_image_set(val, samples=None, seed=0)
-        budget = dict(device=dev, batch_size=batch_size, normalize=parse_normalize(normalize))
-        amount = choose_amount(work, result, val_set, max_acc_drop, by_k=result.ranking in ("network", "absolute"), budget=budget)
-        result, picked, used_k, base_acc, curve = amount.result, amount.channels, amount.k, amount.base_acc, amount.curve
-        notes.append(amount.note)
-        extra = dict(amount.extra)
-    elif channels is not None:
-        picked = {str(layer): [int(c) for c in chans] for layer, chans in channels.items() if len(chans)}
-    elif k is not None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise BdpruneError(f"k must be a count of channels >= 0, got {k!r}")
-        picked = result.top(k)
-        extra = {"k": str(k)}
-    else:
-        result = result.rethreshold(float(u)) if u is not None else result
-        picked = result.flagged_channels()
-    check_channels(work, picked, result.pruned_params, fill=result.fill, source=result.checkpoint)
-    repair_acc = None
-    if settings.mode == "none":
-        mask_model(work, picked, result.pruned_params, result.fill)
-    else:
-        clean = as_image_set(repair_data, samples=None, seed=0)
-        budget = dict(device=dev, normalize=parse_normalize(normalize))
-        repaired, repair_acc, repair_notes, repair_meta = prune_and_repair(work, picked, result.pruned_params, result.fill, clean,
-                                                                           settings, budget, seed)
-        work.load_state_dict(repaired.state_dict())
-        notes += repair_notes
-        extra.update(repair_meta)
+    val_set = None if max_acc_drop is None else as_image_set(val, samples=None, seed=0)
+    choice = choose_channels(work, result, resolved, u=u, k=k, channels=channels, max_acc_drop=max_acc_drop, val=val_set, by_k=by_k)
+    check_channels(work, choice.channels, choice.params, fill=choice.fill, source=result.checkpoint)
+    clean = None if repair_data is None else as_image_set(repair_data, samples=None, seed=0)
+    repaired, repair_acc, repair_notes, repair_meta = prune_and_repair(work, choice, settings, clean, resolved)
+    work.load_state_dict(repaired.state_dict())
     for module, training in modes.items():  # a budget's forward passes put the model in eval mode
         module.train(training)
-    used_u = None if used_k is not None or channels is not None else result.u
-    meta_u = None if used_u is None or not math.isfinite(float(used_u)) else float(used_u)
+    pruned = Pruned(out, result.method, choice.u, choice.channels, choice.params, result.channels_total, choice.curve, choice.base_acc,
+                    choice.notes + repair_notes, choice.k, choice.fill is not None, settings.mode, repair_acc, model=work,
+                    max_acc_drop=max_acc_drop)
     if out is not None:
-        tensors = {key: value.detach().to("cpu") for key, value in work.state_dict().items()}
-        metadata = pruning_metadata(method=result.method, u=meta_u, samples=result.samples, source=None if source is None else Path(source),
-                                    channels=picked, params=result.pruned_params, fill=result.fill, extra=extra, source_sha256=digest)
-        write_safetensors(tensors, out, metadata, source=inputs[0] if inputs else None, force=force)
-    return Pruned(out, result.method, meta_u, picked, result.pruned_params, result.channels_total, curve, base_acc, notes,
-                  used_k, result.fill is not None, settings.mode, repair_acc, model=work, max_acc_drop=max_acc_drop)
+        metadata = outcome_metadata(pruned, result.samples, None if source is None else Path(source), choice.fill,
+                                    {**choice.extra, **repair_meta}, source_sha256=digest)
+        write_safetensors(_cpu_state(work), out, metadata, source=inputs[0] if inputs else None, force=force)
+    return pruned
+
+
+def _selection(result: ScanResult, *, u, k, channels, max_acc_drop, val) -> tuple[float | None, bool]:
+    """Refuse conflicting choices of what to prune; the budget (bnp+ always has one) and whether
+    it chooses a count k."""
+    chosen = [name for name, value in (("u", u), ("k", k), ("channels", channels), ("max_acc_drop", max_acc_drop)) if value is not None]
+    if len(chosen) > 1:
+        raise BdpruneError(f"pass one of u, k, channels and max_acc_drop, not {' and '.join(chosen)}")
+    if not isinstance(result, ScanResult):
+        raise BdpruneError(f"result must be the ScanResult of bdprune.scan_model, not a {type(result).__name__}")
+    if result.ranking == "network" and not chosen and val is None:  # bnp+: the amount always comes from a budget
+        raise BdpruneError(f"{result.method} chooses how many channels to prune from a clean-accuracy budget",
+                           hint="pass val= (labelled clean samples), or k= or channels=")
+    ranking = None if chosen and chosen != ["max_acc_drop"] else result.ranking
+    max_acc_drop, by_k = budget_rules(ranking, max_acc_drop, val is not None, names=PARAMETERS)
+    if max_acc_drop is not None and val is None:  # in memory there are no scanned samples to measure on
+        raise BdpruneError("max_acc_drop and val go together", hint="pass both to choose the amount from a clean-accuracy budget")
+    return max_acc_drop, by_k
+
+
+def scan_checkpoints(checkpoints: Sequence[str | Path], arch: str | None, **options: Any) -> FleetRun:
+    """Scan checkpoint files (or directories of them) as ``bdprune scan`` does: the rows in the
+    order given, each a :class:`~bdprune.scoring.ScanResult` with its verdict or a
+    :class:`~bdprune.scoring.ScanFailure`. ``options`` are :class:`~bdprune.options.ScanSettings`
+    fields (method, u, seed, normalize, device, batch_size, num_classes, arch_args, trust_pickle,
+    fail_threshold, method_args) and :func:`bdprune.fleet.scan_fleet`'s keywords (data, samples,
+    jobs, ray, ray_address, resume, on_row, show_progress, and ``strict``, here True by default:
+    the error of a single checkpoint is raised instead of becoming a row)."""
+    names = {f.name for f in fields(ScanSettings)}
+    settings = ScanSettings(arch=arch, **{k: v for k, v in options.items() if k in names})
+    return scan_fleet(checkpoints, settings, **{"strict": True, **{k: v for k, v in options.items() if k not in names}})
+
+
+def prune_checkpoint(checkpoint: str | Path, arch: str | None, *, data: str | Path | None = None, samples: int = 500,
+                     output: str | Path | None = None, force: bool = False, channels_report: str | Path | None = None,
+                     max_acc_drop: float | None = None, val: str | Path | None = None, repair: RepairSettings | str | None = None,
+                     show_progress: bool = True, **settings: Any) -> PruneOutcome:
+    """``bdprune prune``: see :func:`bdprune.pruning.prune_checkpoint`; ``settings`` are
+    :class:`~bdprune.options.ScanSettings` fields."""
+    from .pruning import prune_checkpoint as run
+
+    repair = RepairSettings(repair) if isinstance(repair, str) else repair
+    return run(checkpoint, ScanSettings(arch=arch, **settings), data=data, samples=samples, output=output, force=force,
+               channels_report=channels_report, max_acc_drop=max_acc_drop, val=val, repair=repair, show_progress=show_progress)
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | Path],
+    arch: str,
+    *,
+    data: str | Path,
+    target: int | None = None,
+    trigger: str | None = None,
+    poisoned: str | Path | None = None,
+    normalize: str = "none",
+    device: str = "auto",
+    batch_size: int = 256,
+    num_classes: int | None = None,
+    arch_args: Mapping[str, str] | None = None,
+    trust_pickle: bool = False,
+) -> list[EvalResult]:
+    """``bdprune eval``: ACC (and ASR with a trigger or a poisoned set) of each checkpoint on the same data."""
+    from .data import check_fits, load_images
+    from .normalize import parse_normalize
+    from .scan import load_model
+    from .triggers import parse_trigger
+
+    if trigger is not None and poisoned is not None:
+        raise BdpruneError("pass --trigger or --poisoned, not both")
+    if (trigger is not None or poisoned is not None) and target is None:
+        raise BdpruneError("ASR needs --target, the attack's target label")
+    check_batch_size(batch_size)
+    trig = parse_trigger(trigger) if trigger is not None else None
+    dev, norm = resolve_device(device), parse_normalize(normalize)
+    clean = load_images(data)
+    poisoned_set = load_images(poisoned) if poisoned is not None else None
+    results = []
+    for path in checkpoints:
+        loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
+        check_fits(clean, loaded.in_channels, loaded.num_classes)
+        if target is not None and loaded.num_classes is not None and not 0 <= target < loaded.num_classes:
+            raise BdpruneError(f"--target {target} is not a class of this model (0..{loaded.num_classes - 1})")
+        results.append(evaluate_model(loaded.model, clean, checkpoint=str(path), target=target, trigger=trig, poisoned=poisoned_set,
+                                      device=dev, batch_size=batch_size, normalize=norm))
+    return results
 
 
 def write_report(results: ScanResult | Sequence[ScanResult], path: str | Path, *, format: str = "html", top: int = 20,
@@ -247,8 +293,11 @@ def plot_curve(outcome: PruneOutcome, path: str | Path | None = None, *, max_acc
 def state_sha256(model: nn.Module) -> str:
     """SHA-256 of ``model``'s state_dict serialized as safetensors with no metadata: what a file
     :func:`prune_model` writes records as ``source_sha256`` when the model never was a file."""
-    tensors = {key: value.detach().to("cpu") for key, value in model.state_dict().items()}
-    return hashlib.sha256(safetensors_bytes(tensors, {})).hexdigest()
+    return hashlib.sha256(safetensors_bytes(_cpu_state(model), {})).hexdigest()
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to("cpu") for key, value in model.state_dict().items()}
 
 
 def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -256,7 +305,7 @@ def _device(model: nn.Module, device: str | torch.device | None) -> torch.device
     if device is not None:
         return resolve_device(str(device))
     if not isinstance(model, nn.Module):
-        raise BdpruneError(f"model must be a torch.nn.Module, not a {type(model).__name__}", hint="to scan a file, use bdprune.core.scan_checkpoints or the CLI")
+        raise BdpruneError(f"model must be a torch.nn.Module, not a {type(model).__name__}", hint="to scan a file, use bdprune.scan_checkpoints")
     first = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
@@ -271,10 +320,10 @@ def _copy(model: nn.Module) -> nn.Module:
                            hint="prune with in_place=True, or make the model deep-copyable") from None
 
 
-def _loaded(model: nn.Module, name: str | None, device: torch.device) -> LoadedModel:
+def _loaded(model: nn.Module, name: str | None) -> LoadedModel:
     """A copy of ``model`` in eval mode, dressed as a checkpoint named ``name``."""
     if not isinstance(model, nn.Module):
-        raise BdpruneError(f"model must be a torch.nn.Module, not a {type(model).__name__}", hint="to scan a file, use the CLI")
+        raise BdpruneError(f"model must be a torch.nn.Module, not a {type(model).__name__}", hint="to scan a file, use bdprune.scan_checkpoints")
     work = _copy(model).eval()
     label = name or f"<{type(model).__name__}>"
     checkpoint = Checkpoint(path=Path(label), tensors=dict(work.state_dict()))

@@ -1,4 +1,4 @@
-"""The command line: parse options and wire them to the core. No logic of its own lives here.
+"""The command line: parse options and call the public API (:mod:`bdprune.api`). No logic of its own lives here.
 
 torch is imported only inside the commands, so ``bdprune --help`` answers fast.
 """
@@ -18,7 +18,7 @@ try:  # recent Typer vendors click; older releases use the click package
 except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click_exceptions
 
-from . import __version__
+from ._version import __version__
 
 app = typer.Typer(
     name="bdprune",
@@ -163,38 +163,20 @@ def scan(
     """
 
     def run() -> int:
-        from .errors import BdpruneError
-        from .fleet import scan_fleet
-        from .fleet.stream import JsonlSink
+        from .api import scan_checkpoints
+        from .fleet.stream import JsonlSink, report_file
         from .report import REPORTERS
         from .report.jsonl import jsonl_row
 
         REPORTERS.get(output_format)()  # fail before any scan: an unknown --format, or html without its extra
         streaming = output_format == "jsonl"
-        target = output
-        if resume is not None:
-            if not streaming:
-                raise BdpruneError("--resume needs --format jsonl", hint="it reads and appends to the JSON Lines report of an earlier run")
-            if output is not None and output.absolute() != resume.absolute():
-                raise BdpruneError("--resume FILE appends the new rows to FILE", hint="leave out -o, or pass the same file")
-            target = resume
-        if jobs != 1 and (use_ray or ray_address):
-            raise BdpruneError("--jobs and --ray both choose where checkpoints are scanned", hint="pass one of them")
-        inputs = tuple(checkpoints) + ((data,) if data is not None else ())
-        if target is not None:  # fail before scanning; never write over a checkpoint or the data
-            from .atomic import check_output_path
-
-            check_output_path(target, inputs=inputs, force=True)
-        if plot is not None:
-            from .plot import check_plot_path
-
-            check_plot_path(plot, inputs=inputs + ((target,) if target else ()))
+        target = report_file(output_format, output, resume)
+        _check_outputs(target, plot, inputs=tuple(checkpoints) + ((data,) if data is not None else ()))
         sink = JsonlSink(target) if streaming else None
         try:
-            fleet = scan_fleet(
-                checkpoints, arch, data=data, samples=samples, jobs=jobs, ray=use_ray or ray_address is not None,
-                ray_address=ray_address, resume=resume, strict=not streaming,
-                on_row=None if sink is None else (lambda row: sink.write(jsonl_row(row.outcome, row.sha256))),
+            fleet = scan_checkpoints(
+                checkpoints, arch, data=data, samples=samples, jobs=jobs, ray=use_ray, ray_address=ray_address, resume=resume,
+                strict=not streaming, on_row=None if sink is None else (lambda row: sink.write(jsonl_row(row.outcome, row.sha256))),
                 method=method, u=u, seed=seed, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
                 arch_args=_key_values(arch_arg), trust_pickle=trust_pickle, fail_threshold=fail_threshold,
                 method_args=_key_values(method_arg, "--method-arg"),
@@ -202,29 +184,49 @@ def scan(
         finally:
             if sink is not None:
                 sink.close()
-        results, failures = fleet.results, fleet.failures
-        if len(fleet.rows) == 1 and failures and not streaming:  # one checkpoint: its error, as always
-            raise BdpruneError(failures[0].error)
-        for result in results:
-            for note in result.notes:
-                _note(f"{result.checkpoint}: {note}" if len(fleet.rows) > 1 else note)
-        if fleet.resumed:
-            _note(f"--resume: skipped {len(fleet.resumed)} checkpoints already in {resume}")
-        if sink is None:
-            _emit(output_format, results, output, top=top, errors=failures)
-        elif target is not None:
-            _note(f"{target}: {len(fleet.rows)} new row(s) appended")
-        if plot is not None and results:
-            from .api import plot_scan
-
-            plot_scan(results, plot)
-            _note(f"plot written to {plot}")
-        for failure in failures:
-            _error_line(failure.error)
+        _report_fleet(fleet, output_format, output, target, resume, plot, top=top, streaming=streaming)
         code = fleet.exit_code()
         return 0 if exit_zero and code == 1 else code
 
     raise typer.Exit(_guarded(run))
+
+
+def _check_outputs(target: Path | None, plot: Path | None, *, inputs: tuple[Path, ...]) -> None:
+    """Fail before scanning when the report or the plot could not be written, or would overwrite a checkpoint or the data."""
+    if target is not None:
+        from .atomic import check_output_path
+
+        check_output_path(target, inputs=inputs, force=True)
+    if plot is not None:
+        from .plot import check_plot_path
+
+        check_plot_path(plot, inputs=inputs + ((target,) if target else ()))
+
+
+def _report_fleet(fleet, output_format: str, output: Path | None, target: Path | None, resume: Path | None, plot: Path | None, *,
+                  top: int, streaming: bool) -> None:
+    """Notes on stderr, the report (unless its rows were streamed), the plot, then one error line per failure."""
+    from .errors import BdpruneError
+
+    results, failures = fleet.results, fleet.failures
+    if len(fleet.rows) == 1 and failures and not streaming:  # one checkpoint: its error, as always
+        raise BdpruneError(failures[0].error)
+    for result in results:
+        for note in result.notes:
+            _note(f"{result.checkpoint}: {note}" if len(fleet.rows) > 1 else note)
+    if fleet.resumed:
+        _note(f"--resume: skipped {len(fleet.resumed)} checkpoints already in {resume}")
+    if not streaming:
+        _emit(output_format, results, output, top=top, errors=failures)
+    elif target is not None:
+        _note(f"{target}: {len(fleet.rows)} new row(s) appended")
+    if plot is not None and results:
+        from .api import plot_scan
+
+        plot_scan(results, plot)
+        _note(f"plot written to {plot}")
+    for failure in failures:
+        _error_line(failure.error)
 
 
 def _emit(output_format: str, results, output: Path | None, *, top: int, errors=()) -> None:
@@ -269,27 +271,24 @@ def prune(
     """Zero the flagged channels (BNP/EP: BN weight; CLP: weight and bias) and write a safetensors file."""
 
     def run() -> int:
-        from .core import prune_checkpoint
+        from .api import plot_curve, prune_checkpoint
+        from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
         from .repair import RepairSettings
-        from .report.prune_view import print_prune
+        from .views import print_prune
 
         if plot is not None:
             _check_prune_plot(plot, method, data, max_acc_drop, channels, inputs=tuple(p for p in (checkpoint, data, val, channels, output) if p))
         outcome = prune_checkpoint(
-            checkpoint, arch, method=method, data=data, u=u, output=output, force=force, channels_report=channels,
-            max_acc_drop=max_acc_drop, val=val, samples=samples, seed=seed, normalize=normalize, device=device,
-            batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
-            method_args=_key_values(method_arg, "--method-arg"), repair=RepairSettings(repair, repair_epochs, repair_lr),
+            checkpoint, arch, data=data, samples=samples, output=output, force=force, channels_report=channels, max_acc_drop=max_acc_drop,
+            val=val, repair=RepairSettings(repair, repair_epochs, repair_lr), method=method, u=u, seed=seed, normalize=normalize,
+            device=device, batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
+            method_args=_key_values(method_arg, "--method-arg"),
         )
         for note in outcome.notes:
             _note(note)
         print_prune(outcome)
         if plot is not None:
-            from .api import plot_curve
-            from .methods.bnp_plus import DEFAULT_MAX_ACC_DROP
-
-            budget = max_acc_drop if max_acc_drop is not None else DEFAULT_MAX_ACC_DROP
-            plot_curve(outcome, plot, max_acc_drop=budget)
+            plot_curve(outcome, plot, max_acc_drop=max_acc_drop if max_acc_drop is not None else DEFAULT_MAX_ACC_DROP)
             _note(f"plot written to {plot}")
         return 0
 
@@ -299,8 +298,8 @@ def prune(
 def _check_prune_plot(plot: Path, method, data, max_acc_drop, channels, *, inputs) -> None:
     """Refuse ``prune --plot`` up front where no accuracy curve will be measured."""
     from .errors import BdpruneError
+    from .options import choose_method
     from .plot import check_plot_path
-    from .scan import choose_method
 
     budgeted = channels is None and (max_acc_drop is not None or choose_method(method, data is not None)[0].ranking == "network")
     if not budgeted:
@@ -329,8 +328,8 @@ def evaluate(
     """Clean accuracy (ACC) and attack success rate (ASR), optionally before / after side by side."""
 
     def run() -> int:
-        from .core import evaluate_checkpoints
-        from .report.eval_view import print_eval
+        from .api import evaluate_checkpoints
+        from .views import print_eval
 
         results = evaluate_checkpoints(
             [checkpoint] + ([compare] if compare else []), arch, data=data, target=target, trigger=trigger,

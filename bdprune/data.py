@@ -1,7 +1,7 @@
 """Read image data sets (``.npz``, ImageFolder directories, CIFAR-10 python batches) safely.
 
 Every reader returns an :class:`ImageSet`: float32 images N x C x H x W in [0, 1] (not
-normalized; normalization happens on the device, see :func:`parse_normalize`) and int64 labels,
+normalized; normalization happens on the device, see :mod:`bdprune.normalize`) and int64 labels,
 or ``None`` where the source has none.
 """
 
@@ -21,12 +21,6 @@ from .errors import BdpruneError
 IMAGE_KEYS = ("images", "x", "data", "X")
 LABEL_KEYS = ("labels", "y", "targets", "Y")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-NORMALIZATIONS = {
-    "none": None,
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "mnist": ((0.1307,), (0.3081,)),
-}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
 NPY_MAGIC = b"\x93NUMPY"
 NPZ_HINT = "pass an .npz with arrays 'images' and 'labels' (or 'x' and 'y'), e.g. np.savez(FILE, images=..., labels=...)"
@@ -232,24 +226,6 @@ def _cifar_batches(files: list[Path], source: Path) -> ImageSet:
 def _check_images(data: ImageSet) -> None:
     if not torch.isfinite(data.images).all():
         raise BdpruneError("images contain NaN or infinite values", path=data.source, hint="clean the data file")
-
-
-def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``none``, a preset name, or ``MEAN,STD`` / ``m1,m2,m3,s1,s2,s3`` -> (mean, std) or None."""
-    key = spec.strip().lower()
-    if key in NORMALIZATIONS:
-        return NORMALIZATIONS[key]
-    try:
-        values = [float(v) for v in key.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (2, 6) or any(not np.isfinite(v) for v in values) or any(s <= 0 for s in values[len(values) // 2 :]):
-        raise BdpruneError(
-            f"bad --normalize {spec!r}",
-            hint=f"use {', '.join(NORMALIZATIONS)}, MEAN,STD or m1,m2,m3,s1,s2,s3 with positive STD",
-        )
-    half = len(values) // 2
-    return tuple(values[:half]), tuple(values[half:])
 
 
 def check_fits(data: ImageSet, in_channels: int | None, num_classes: int | None = None) -> None:

@@ -1,8 +1,11 @@
-"""The one error type bdprune raises for bad input; the CLI turns it into one line and exit 2."""
+"""The one error type bdprune raises for bad input, and the exit codes: 0 = ran and nothing to
+report, 1 = findings (a suspicious checkpoint), 2 = usage or input error."""
 
 from __future__ import annotations
 
 import re
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 # Terminal escape sequences (colours, cursor moves) that library messages sometimes carry.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
@@ -25,7 +28,7 @@ class BdpruneError(Exception):
     (when there is one) and what to do about it.
     """
 
-    exit_code = 2
+    exit_code = EXIT_ERROR
 
     def __init__(self, message: str, *, path: object | None = None, hint: str | None = None):
         self.message = message

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .data import ImageSet
 from .errors import BdpruneError
+from .normalize import Normalization, normalizer
 from .stats import run_forward
 
 
@@ -19,21 +19,15 @@ def predict(
     *,
     device: torch.device,
     batch_size: int = 256,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalize: Normalization | None = None,
 ) -> Tensor:
     """Arg-max class of every image (N x C x H x W in [0, 1]), in eval mode, on ``device``."""
     model.eval().to(device)
-    mean = std = None
-    if normalize is not None:
-        mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
-        std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
+    norm = normalizer(normalize, device)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
-            if mean is not None:
-                batch = (batch - mean) / std
-            out.append(run_forward(model, batch).argmax(dim=1).cpu())
+            out.append(run_forward(model, norm(images[start : start + batch_size].to(device))).argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

@@ -77,7 +77,7 @@ def scan_figure(results: ScanResult | Sequence[ScanResult]):
 
 
 def _draw_scan(ax: Any, result: ScanResult, chars: int) -> None:
-    drivers = {(d.get("layer"), d.get("channel")) for d in (getattr(result.verdict, "drivers", None) or [])}
+    drivers = {(d["layer"], d["channel"]) for d in (result.verdict.drivers if result.verdict is not None else [])}
     xs, ys, fx, fy, dx, dy = [], [], [], [], [], []
     for i, layer in enumerate(result.layers):
         n = len(layer.scores)

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from .atomic import atomic_path, check_output_path
 from .checkpoint import Checkpoint, file_sha256
 from .errors import BdpruneError
@@ -161,15 +161,6 @@ def write_safetensors(tensors: Mapping[str, Tensor], output: Path, metadata: Map
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-
-
-def read_pruned_channels(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """The pruned channels and the whole metadata of a file written by bdprune."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta.get("pruned_channels", "{}")), meta
 
 
 def channels_from_report(report_path: Path, checkpoint: Path) -> tuple[dict[str, list[int]], dict]:

@@ -4,7 +4,7 @@ Fine-Pruning, Liu et al., RAID 2018), or fine-tune it to ignore the trigger the 
 probe synthesizes (``unlearn``, the unlearning of Neural Cleanse, Wang et al., S&P 2019, with
 bdprune's probe in place of its trigger reverse-engineering).
 
-``unlearn`` runs the class probe (bdprune.target) on the model before pruning, as the verdict
+``unlearn`` runs the class probe (bdprune.probe) on the model before pruning, as the verdict
 does (pruning takes away the BN divergence a trigger would explain). A class is suspected when
 the candidate that explains most of that divergence reaches the verdict's bar (the checkpoint is
 judged suspicious), or when one class leads the probe at many budgets (its persistence reaches
@@ -38,7 +38,7 @@ from .methods.masks import cross_entropy, labelled_batches, seeded_rng
 from .progress import progress_bar
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
-from .target import class_triggers, persistence, suspect_trigger
+from .probe import class_triggers, persistence, suspect_trigger
 
 REPAIRS = ("none", "bn", "finetune", "unlearn")
 
@@ -144,9 +144,9 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
 
     The class probe's class is unlearned when its best candidate explains at least the verdict's
     bar (EXPLAINED_BAR) of the BN divergence (the checkpoint is judged suspicious), or else when
-    one class's persistence (:func:`bdprune.target.persistence`) reaches PERSISTENCE_BAR (a
+    one class's persistence (:func:`bdprune.probe.persistence`) reaches PERSISTENCE_BAR (a
     low-rate backdoor the verdict misses); its triggers are the probe's candidates for that class
-    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.target.class_triggers`).
+    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.probe.class_triggers`).
     Otherwise None."""
     from .verdict import EXPLAINED_BAR, MIN_GAP
 

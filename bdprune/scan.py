@@ -1,12 +1,13 @@
-"""The scan pipeline with plain arguments: load, gather statistics, score, threshold.
+"""The scan step: load a checkpoint into its architecture, gather the statistics its method
+needs, score and flag every BatchNorm channel, and give the checkpoint its verdict.
 
-``scan`` and ``prune`` both come through :func:`score_model`, so a pruned file always holds
-exactly the channels a scan with the same settings flags.
+:func:`scan_loaded` is the one step every scan runs (the fleet's loop over files, the Python API's
+in-memory model, the demo); ``prune`` scores through :func:`score_model` too, so a pruned file
+always holds exactly the channels a scan with the same settings flags.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -14,12 +15,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .archs import ArchSpec, build_model
 from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
-from .data import ImageSet, check_fits, load_images, parse_normalize
+from .data import ImageSet, check_fits, load_images
+from .normalize import check_channels
+from .options import Resolved, check_samples
 from .errors import BdpruneError
-from .methods import METHODS, Method, ScoreContext
+from .methods import ScoreContext
 from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
 from .stats import bn_layers, collect_stats
@@ -47,27 +50,6 @@ class LoadedModel:
         return linear[-1].out_features if linear else None
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise BdpruneError(f"unknown --device {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise BdpruneError(f"unsupported --device {spec!r}", hint="use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BdpruneError(f"--device {spec}: no CUDA GPU is available here", hint="use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise BdpruneError(
-                f"--device {spec}: only {torch.cuda.device_count()} GPU(s)", hint=f"use cuda:0..{torch.cuda.device_count() - 1}"
-            )
-    return device
-
-
 def load_model(
     checkpoint_path: str | Path,
     arch: str,
@@ -92,36 +74,6 @@ def load_samples(path: str | Path, samples: int | None, seed: int) -> ImageSet:
     return load_images(path).subset(samples, seed)
 
 
-def check_samples(samples: int | None, seed: int = 0) -> None:
-    """Refuse a sample count below 1 and a seed torch's generator cannot take."""
-    if samples is not None and samples < 1:
-        raise BdpruneError(f"--samples must be at least 1, got {samples}")
-    if not -(2**63) <= seed < 2**64:
-        raise BdpruneError(f"--seed {seed} is out of range", hint="use an integer between 0 and 2**64-1")
-
-
-def check_batch_size(batch_size: int) -> None:
-    """Refuse a batch size below 1."""
-    if batch_size < 1:
-        raise BdpruneError(f"--batch-size must be at least 1, got {batch_size}")
-
-
-def choose_method(method: str | None, has_data: bool) -> tuple[type[Method], str]:
-    """The method class to run and why it was chosen."""
-    if method is not None:
-        return METHODS.get(method), "chosen with --method"
-    if has_data:
-        return METHODS.get("bnp"), "default: --data was given"
-    return METHODS.get("clp"), "default: no --data, so the data-free method"
-
-
-def check_u(u: float) -> float:
-    """Refuse a threshold that is not a finite, non-negative number."""
-    if not math.isfinite(u) or u < 0:
-        raise BdpruneError(f"--u must be a finite number >= 0, got {u}", hint="the paper's default is 3")
-    return u
-
-
 def _check_finite_weights(loaded: LoadedModel) -> None:
     """Refuse NaN/inf in any parameter or BN running statistic, naming the first one: every
     method's scores (and every activation downstream of it) would be meaningless. Other buffers
@@ -138,99 +90,92 @@ def _check_finite_weights(loaded: LoadedModel) -> None:
             )
 
 
-def score_model(
-    loaded: LoadedModel,
-    method: str | None = None,
-    *,
-    data: ImageSet | None = None,
-    u: float | None = None,
-    device: str = "auto",
-    batch_size: int = 128,
-    normalize: str = "none",
-    show_progress: bool = True,
-    seed: int = 0,
-    method_args: Mapping[str, str] | None = None,
-) -> ScanResult:
-    """Score every BN channel of ``loaded`` with ``method`` and flag at ``u`` (per layer; network-wide
-    for bnp+; a bound on the mask for anp and rnp). ``u=None`` takes the method's default;
-    ``method_args`` override the method's settings (``--method-arg``); ``seed`` drives the
-    learned-mask methods' sampling and noise."""
-    method_cls, reason = choose_method(method, data is not None)
-    u = method_cls.default_u if u is None else check_u(u)
-    check_batch_size(batch_size)
-    method_obj = method_cls(method_args)
-    dev = resolve_device(device)
-    norm = parse_normalize(normalize)
-    model = loaded.model
-    if not bn_layers(model):
-        raise BdpruneError(
-            f"the model has no BatchNorm layers: {method_cls.name} scores BatchNorm channels",
-            path=loaded.checkpoint.path,
-            hint="bdprune audits BatchNorm networks; check --arch",
-        )
-    _check_finite_weights(loaded)
+def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, *, show_progress: bool = True) -> ScanResult:
+    """Score every BN channel of ``loaded`` with the resolved method and flag at its u (per layer;
+    network-wide for bnp+; a bound on the mask for anp and rnp); no verdict."""
+    method = resolved.method
+    _check_model(loaded, method.name)
     notes = list(loaded.checkpoint.notes)
-    stats = None
-    used = 0
-    if method_cls.data_role is not None:
-        if data is None:
-            raise BdpruneError(
-                f"--method {method_cls.name} needs --data with {method_cls.data_role} samples",
-                hint="pass --data FILE, or use --method clp (data-free)",
-            )
-        check_fits(data, loaded.in_channels)
-        if norm is not None and len(norm[0]) not in (1, data.images.shape[1]):
-            raise BdpruneError(f"--normalize has {len(norm[0])} means for {data.images.shape[1]}-channel images")
-        try:
-            if method_cls.needs_moments or method_cls.needs_maxima:
-                stats = collect_stats(
-                    model,
-                    data.images,
-                    device=dev,
-                    batch_size=batch_size,
-                    moments=method_cls.needs_moments,
-                    maxima=method_cls.needs_maxima,
-                    normalize=norm,
-                    show_progress=show_progress,
-                )
-        except BdpruneError as exc:  # images that do not fit, activations that overflow: name the data
-            raise exc.with_path(data.source) from None
-        used = len(data)
-        notes += data.notes
-    elif data is not None:
-        notes.append(f"{method_cls.name} is data-free; --data was not used")
-    model.to(dev)
-    ctx = ScoreContext(model=model, stats=stats, device=dev, notes=notes, data=data, normalize=norm, seed=seed,
-                       show_progress=show_progress)
+    stats, used = _statistics(loaded, data, resolved, notes, show_progress)
+    model = loaded.model.to(resolved.device)
+    ctx = ScoreContext(model=model, stats=stats, device=resolved.device, notes=notes, data=data, normalize=resolved.normalize,
+                       seed=resolved.seed, show_progress=show_progress)
     try:
         # Learning methods need gradients, and their global-RNG use (dropout) seeded, not the caller's.
-        with seeded_rng(seed, dev) if method_cls.trains else torch.inference_mode():
-            raw = method_obj.score(ctx)
-            fill = method_obj.fill_values(ctx)
+        with seeded_rng(resolved.seed, resolved.device) if method.trains else torch.inference_mode():
+            raw = resolved.method_options.score(ctx)
+            fill = resolved.method_options.fill_values(ctx)
     except BdpruneError as exc:  # e.g. a BN without running statistics: name the checkpoint
         raise exc.with_path(loaded.checkpoint.path) from None
     for layer, scores in raw.items():
         if not torch.isfinite(scores).all():
             raise BdpruneError(
-                f"{method_cls.name} scores of {layer} are NaN or infinite",
+                f"{method.name} scores of {layer} are NaN or infinite",
                 path=loaded.checkpoint.path,
                 hint="the checkpoint or the data holds NaN/inf values; check both",
             )
-    layers = flag(raw, u, ranking=method_cls.ranking, low_is_suspicious=method_cls.low_is_suspicious)
     return ScanResult(
         checkpoint=str(loaded.checkpoint.path),
         arch=loaded.arch,
-        method=method_cls.name,
-        method_reason=reason,
-        u=u,
+        method=method.name,
+        method_reason=resolved.method_reason,
+        u=resolved.u,
         samples=used,
-        device=str(dev),
-        layers=layers,
-        low_is_suspicious=method_cls.low_is_suspicious,
-        pruned_params=method_cls.pruned_params,
+        device=str(resolved.device),
+        layers=flag(raw, resolved.u, ranking=method.ranking, low_is_suspicious=method.low_is_suspicious),
+        low_is_suspicious=method.low_is_suspicious,
+        pruned_params=method.pruned_params,
         notes=notes,
         version=__version__,
-        ranking=method_cls.ranking,
+        ranking=method.ranking,
         fill=None if fill is None else {name: v.cpu().tolist() for name, v in fill.items()},
         data=str(data.source) if used else None,
     )
+
+
+def scan_loaded(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, *, show_progress: bool = True) -> ScanResult:
+    """The scan step: :func:`score_model`, then the checkpoint's verdict (bdprune.verdict)."""
+    from .verdict import assess
+
+    result = score_model(loaded, data, resolved, show_progress=show_progress)
+    result.verdict = assess(result, resolved.fail_threshold, model=loaded.model, images=data, normalize=resolved.normalize,
+                            device=resolved.device)
+    return result
+
+
+def _check_model(loaded: LoadedModel, method: str) -> None:
+    """Refuse a model without BatchNorm layers or with NaN/inf weights."""
+    if not bn_layers(loaded.model):
+        raise BdpruneError(
+            f"the model has no BatchNorm layers: {method} scores BatchNorm channels",
+            path=loaded.checkpoint.path,
+            hint="bdprune audits BatchNorm networks; check --arch",
+        )
+    _check_finite_weights(loaded)
+
+
+def _statistics(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, notes: list[str], show_progress: bool):
+    """The statistics pass the method needs (None for the data-free and learned-mask methods) and
+    how many samples were used; appends the data's notes."""
+    method = resolved.method
+    if method.data_role is None:
+        if data is not None:
+            notes.append(f"{method.name} is data-free; --data was not used")
+        return None, 0
+    if data is None:
+        raise BdpruneError(
+            f"--method {method.name} needs --data with {method.data_role} samples",
+            hint="pass --data FILE, or use --method clp (data-free)",
+        )
+    check_fits(data, loaded.in_channels)
+    check_channels(resolved.normalize, int(data.images.shape[1]))
+    stats = None
+    try:
+        if method.needs_moments or method.needs_maxima:
+            stats = collect_stats(loaded.model, data.images, device=resolved.device, batch_size=resolved.batch_size,
+                                  moments=method.needs_moments, maxima=method.needs_maxima, normalize=resolved.normalize,
+                                  show_progress=show_progress)
+    except BdpruneError as exc:  # images that do not fit, activations that overflow: name the data
+        raise exc.with_path(data.source) from None
+    notes += data.notes
+    return stats, len(data)

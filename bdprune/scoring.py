@@ -1,10 +1,10 @@
-"""Per-layer thresholds, z-scores and the scan result every report and the pruner read."""
+"""Per-layer thresholds and z-scores, and the types every report and the pruner read: the scan
+result, its checkpoint-level verdict, and the row of a checkpoint that could not be scanned."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,6 +85,44 @@ def flag(raw: dict[str, Tensor], u: float, *, ranking: str, low_is_suspicious: b
 
 
 @dataclass
+class Verdict:
+    """``suspicious`` when ``statistic`` exceeds ``threshold``; ``drivers`` are the channels behind it.
+
+    ``components`` holds each part of a combined rule (its value and its own bar); ``target`` is the
+    suspected target class (None where the evidence does not name one)."""
+
+    suspicious: bool
+    statistic: float
+    threshold: float
+    rule: str
+    drivers: list[dict] = field(default_factory=list)
+    components: dict = field(default_factory=dict)
+    target: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``suspicious`` or ``clean``."""
+        return "suspicious" if self.suspicious else "clean"
+
+    def component_text(self) -> str:
+        """The parts of a combined rule, e.g. ``kl-ratio 3.1 (bar 12), explained 0.45 (bar 0.15)``."""
+        names = {"kl_ratio": "kl-ratio"}
+        return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
+
+    def detail_text(self) -> str:
+        """The statistic against its threshold, the parts of a combined rule and the suspected
+        target, e.g. ``bnp-explained = 6.08 (threshold 1); kl-ratio 4.37 (bar 12), ...; suspected
+        target class 0``."""
+        parts = [f"{self.rule} = {self.statistic:.3g} (threshold {self.threshold:g})"]
+        if self.components:
+            parts.append(self.component_text())
+        if self.target is not None:
+            parts.append(f"suspected target class {self.target}")
+        return "; ".join(parts)
+
+
+@dataclass
 class ScanResult:
     """Everything a scan found; the reports and the pruner work from this alone."""
 
@@ -100,7 +138,7 @@ class ScanResult:
     pruned_params: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
     version: str = ""
-    verdict: Any = None  # a bdprune.verdict.Verdict once assessed
+    verdict: Verdict | None = None  # the checkpoint's verdict once assessed (bdprune.verdict.assess)
     ranking: str = "layer"  # "network": z and flags over all channels at once (bnp+); "absolute": score vs u (anp, rnp)
     fill: dict[str, list[float]] | None = None  # bias a pruned channel gets, per layer (bnp+)
     data: str | None = None  # where the samples came from (a file, or e.g. "<tensor>" from the Python API); None if unused

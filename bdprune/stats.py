@@ -9,13 +9,13 @@ For EP: per-sample, per-channel spatial maxima (N x C), the only statistic that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import BdpruneError
+from .normalize import Normalization, normalizer
 from .progress import progress_bar
 
 
@@ -93,7 +93,7 @@ def collect_stats(
     batch_size: int = 128,
     moments: bool = True,
     maxima: bool = False,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalize: Normalization | None = None,
     show_progress: bool = True,
 ) -> dict[str, LayerStats]:
     """Run ``images`` (N x C x H x W in [0, 1]) through ``model`` in eval mode and gather BN-input stats."""
@@ -117,18 +117,13 @@ def collect_stats(
         return hook
 
     handles = [bn.register_forward_pre_hook(hook_for(name)) for name, bn in layers]
-    mean = std = None
-    if normalize is not None:
-        mean = torch.tensor(normalize[0], device=device, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(normalize[1], device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    norm = normalizer(normalize, device)
     model.eval().to(device)
     try:
         with torch.inference_mode(), progress_bar(len(images), "statistics pass", enabled=show_progress) as advance:
             for start in range(0, len(images), batch_size):
                 batch = images[start : start + batch_size].to(device, non_blocking=True)
-                if mean is not None:
-                    batch = (batch - mean) / std
-                run_forward(model, batch)
+                run_forward(model, norm(batch))
                 advance(len(batch))
     finally:
         for h in handles:

@@ -1,4 +1,4 @@
-"""The checkpoint-level verdict, and the one place that turns scan results into an exit code.
+"""The checkpoint-level verdict: the rules that reduce a scan to one statistic and a decision.
 
 Per-layer flags alone cannot gate a build: every layer has a 3-sigma tail, so every model, clean
 ones included, has flagged channels. The verdict reduces a scan to one statistic per checkpoint
@@ -7,7 +7,7 @@ and compares it with a threshold calibrated on clean and backdoored models (benc
 For bnp and bnp+ the statistic is scale-free and divided by its bar, so the checkpoint is
 suspicious above 1 (``--fail-threshold`` scales the bar):
 
-* **explained** (the default, needs the model and the clean samples): the class probe (bdprune.target) looks, for every class, for one perturbation that
+* **explained** (the default, needs the model and the clean samples): the class probe (bdprune.probe) looks, for every class, for one perturbation that
   sends the clean samples to it (dense L2 and sparse L1 budgets, growing); for the class each budget
   reaches best, it asks how much of the network's total BN divergence a share of images carrying
   that perturbation explains (1 - min_p KL(mixture || running) / KL(clean || running)). A trigger
@@ -22,51 +22,16 @@ suspicious above 1 (``--fail-threshold`` scales the bar):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
-from .scoring import ScanResult
+import torch
 
-EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+from .normalize import Normalization
+
+from .probe import PROBE_MAX_CLASSES
+from .scoring import ScanResult, Verdict
+
 MIN_CHANNELS = 8  # layers narrower than this have too few channels for a robust spread
-
-
-@dataclass
-class Verdict:
-    """``suspicious`` when ``statistic`` exceeds ``threshold``; ``drivers`` are the channels behind it.
-
-    ``components`` holds each part of a combined rule (its value and its own bar); ``target`` is the
-    suspected target class (None where the evidence does not name one)."""
-
-    suspicious: bool
-    statistic: float
-    threshold: float
-    rule: str
-    drivers: list[dict] = field(default_factory=list)
-    components: dict = field(default_factory=dict)
-    target: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        """``suspicious`` or ``clean``."""
-        return "suspicious" if self.suspicious else "clean"
-
-    def component_text(self) -> str:
-        """The parts of a combined rule, e.g. ``kl-ratio 3.1 (bar 12), explained 0.45 (bar 0.15)``."""
-        names = {"kl_ratio": "kl-ratio"}
-        return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
-
-    def detail_text(self) -> str:
-        """The statistic against its threshold, the parts of a combined rule and the suspected
-        target, e.g. ``bnp-explained = 6.08 (threshold 1); kl-ratio 4.37 (bar 12), ...; suspected
-        target class 0``."""
-        parts = [f"{self.rule} = {self.statistic:.3g} (threshold {self.threshold:g})"]
-        if self.components:
-            parts.append(self.component_text())
-        if self.target is not None:
-            parts.append(f"suspected target class {self.target}")
-        return "; ".join(parts)
 
 
 # bnp and bnp+ ("explained|kl-ratio"; bars chosen on the calibration part of the verdict zoo only,
@@ -82,7 +47,6 @@ EXPLAINED_BAR = 0.15
 MIN_GAP = 0.1  # a probe candidate counts when its class leads the next by this share of images
 TARGET_EXPLAINED = 0.1  # the probe's class is named as the target when its part is at least this
 KL_QUANTILE = 0.9
-PROBE_MAX_CLASSES = 100
 
 # ep, clp: no statistic separated clean from backdoored models on the first zoo (AUROC <= 0.69), so
 #      their bars only catch extreme outliers; prefer bnp for gating.
@@ -147,12 +111,13 @@ def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, 
 
 
 def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5, model=None, images=None,
-           normalize: str | None = None, device="cpu") -> Verdict:
+           normalize: Normalization | None = None, device: torch.device | str = "cpu") -> Verdict:
     """The checkpoint's statistic under its method's rule (RULES), and the verdict.
 
-    For bnp and bnp+ the class probe (bdprune.target.class_probe) runs when ``model`` and the
-    clean ``images`` (an ImageSet or a tensor) are given; without them only the kl-ratio part is
-    assessed and a note says so."""
+    For bnp and bnp+ the class probe (bdprune.probe.class_probe) runs when ``model`` and the
+    clean ``images`` (an ImageSet or a tensor) are given, fed normalized by ``normalize`` (mean
+    and std values, as resolved by bdprune.options) on ``device``; without them only the kl-ratio
+    part is assessed and a note says so."""
     statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
     threshold = default if fail_threshold is None else fail_threshold
     if statistic == "explained|kl-ratio":
@@ -177,7 +142,7 @@ def probe_statistic(model, images, *, normalize=None, device="cpu") -> dict | No
     MIN_GAP of the images (the perturbation really singles the class out), and how much of the BN
     divergence each explains; the candidate that explains most decides. None when the probe cannot
     run (too many classes)."""
-    from .target import suspect_trigger
+    from .probe import suspect_trigger
 
     found = suspect_trigger(model, images, min_gap=MIN_GAP, device=device, normalize=normalize)
     if found is None:
@@ -194,13 +159,7 @@ def _assess_combined(result: ScanResult, threshold: float, top: int, model, imag
     notes: list[str] = []
     probe = None
     if model is not None and images is not None:
-        from .data import parse_normalize
-        from .scan import resolve_device
-
-        tensor = getattr(images, "images", images)
-        dev = resolve_device(device) if isinstance(device, str) else device
-        norm = parse_normalize(normalize) if isinstance(normalize, str) else normalize
-        probe = probe_statistic(model, tensor, normalize=norm, device=dev)
+        probe = probe_statistic(model, getattr(images, "images", images), normalize=normalize, device=device)
         if probe is None:
             notes.append(f"class probe skipped (more than {PROBE_MAX_CLASSES} classes): kl-ratio only")
         else:
@@ -224,8 +183,3 @@ def _assess_combined(result: ScanResult, threshold: float, top: int, model, imag
         target=target,
         notes=notes,
     )
-
-
-def exit_code(verdicts: Sequence[Verdict]) -> int:
-    """0 when every checkpoint's verdict is clean, 1 when any is suspicious."""
-    return EXIT_FINDINGS if any(v.suspicious for v in verdicts) else EXIT_CLEAN

@@ -44,9 +44,10 @@ def ranked_variant(result, ranking: str, fill: str):
 
 
 def measure(spec, meta) -> list[dict]:
-    from bdprune.core import load_samples
+    from bdprune.scan import load_samples
     from bdprune.evaluate import evaluate_model
     from bdprune.prune import mask_model
+    from bdprune.options import ScanSettings
     from bdprune.scan import load_model, score_model
     from bdprune.triggers import parse_trigger
     from bdprune.tune import choose_k
@@ -54,7 +55,7 @@ def measure(spec, meta) -> list[dict]:
     loaded = load_model(zoo.model_path(spec), spec.arch, arch_args=zoo.ARCH_ARGS)
     clean = load_samples(zoo.CACHE / "clean.npz", zoo.N_CLEAN, 0)
     test = load_samples(zoo.CACHE / "test.npz", None, 0)
-    base = score_model(loaded, "bnp+", data=clean, u=3.0, device="cpu", show_progress=False)
+    base = score_model(loaded, clean, ScanSettings(method="bnp+", u=3.0, device="cpu").resolve(has_data=True), show_progress=False)
     trig = parse_trigger(spec.trigger) if spec.trigger else None
     rows = []
     for ranking in RANKINGS:

@@ -139,6 +139,7 @@ def split(models: Path, data: Path, k: int = 10) -> dict[str, float]:
     (its class probe), in this process with one torch thread, over ``k`` checkpoints."""
     import torch
 
+    from bdprune.options import ScanSettings
     from bdprune.scan import load_model, load_samples, score_model
     from bdprune.verdict import assess
 
@@ -149,7 +150,7 @@ def split(models: Path, data: Path, k: int = 10) -> dict[str, float]:
         t0 = time.perf_counter()
         loaded = load_model(path, "smallcnn", arch_args={"width": "8"})
         t1 = time.perf_counter()
-        result = score_model(loaded, "bnp", data=images, show_progress=False)
+        result = score_model(loaded, images, ScanSettings(method="bnp").resolve(has_data=True), show_progress=False)
         t2 = time.perf_counter()
         assess(result, model=loaded.model, images=images)
         t3 = time.perf_counter()

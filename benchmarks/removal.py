@@ -62,7 +62,7 @@ def forward_seconds(spec: zoo.ModelSpec) -> float:
 
 def measure(spec: zoo.ModelSpec, meta: dict, name: str, unit: float) -> dict:
     """Prune (and repair) one model with one variant, evaluate it, return the row (cached)."""
-    from bdprune.core import prune_checkpoint
+    from bdprune.api import prune_checkpoint
     from bdprune.repair import RepairSettings
 
     cached = cache_dir() / f"{spec.name}__{name}.json"

@@ -45,7 +45,7 @@ def acc_asr(path, spec: vz.Spec, data) -> tuple[float, float | None]:
 
 def remove(spec: vz.Spec, data) -> dict:
     """``prune --repair unlearn`` at its defaults on the clean images; the row (cached)."""
-    from bdprune.core import prune_checkpoint
+    from bdprune.api import prune_checkpoint
     from bdprune.repair import RepairSettings
 
     cached = vz.CACHE / "removal" / f"{spec.name}.json"

@@ -317,7 +317,7 @@ def run(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bdprune.scan import resolve_device
+    from bdprune.options import resolve_device
 
     device = resolve_device(args.device)
     archs = (args.archs or ("resnet18" if args.quick else "resnet18,resnet50")).split(",")

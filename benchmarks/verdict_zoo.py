@@ -234,9 +234,9 @@ def probe_path(spec: Spec) -> Path:
 
 
 def probe_one(spec: Spec) -> dict:
-    """The class probe (bdprune.target.class_probe) of ``spec`` on its kind's clean samples (cached)."""
+    """The class probe (bdprune.probe.class_probe) of ``spec`` on its kind's clean samples (cached)."""
     from bdprune.core import load_model, load_samples
-    from bdprune.target import class_probe, explained_divergence
+    from bdprune.probe import class_probe, explained_divergence
 
     path = probe_path(spec)
     if path.exists():
@@ -283,7 +283,7 @@ def statistics_of(scan: dict, probe: dict | None) -> dict[str, float]:
     from types import SimpleNamespace
 
     from bdprune.repair import PERSISTENCE_BAR
-    from bdprune.target import persistence
+    from bdprune.probe import persistence
     from bdprune.verdict import EXPLAINED_BAR, KL_RATIO_BAR, MIN_GAP, kl_ratio
 
     layers = [SimpleNamespace(name=l["name"], scores=l["scores"]) for l in scan["layers"]]

@@ -163,7 +163,7 @@ def poisoned_training_set(spec: ModelSpec, data: dict[str, torch.Tensor]):
 # ---------------------------------------------------------------- training
 
 def evaluate(path: Path, spec: ModelSpec) -> tuple[float, float | None]:
-    from bdprune.core import evaluate_checkpoints
+    from bdprune.api import evaluate_checkpoints
 
     [r] = evaluate_checkpoints(
         [path], spec.arch, data=CACHE / "test.npz", target=spec.target, trigger=spec.trigger, device="cpu", arch_args=ARCH_ARGS
@@ -216,7 +216,7 @@ def train_one(spec: ModelSpec, data: dict[str, torch.Tensor], log) -> dict:
 
 def measure_one(spec: ModelSpec, meta: dict, method: str) -> dict:
     """Scan (timed), save the scan JSON, prune from it, evaluate the pruned model."""
-    from bdprune.core import prune_checkpoint, scan_checkpoints
+    from bdprune.api import prune_checkpoint, scan_checkpoints
 
     data, samples = {
         "bnp": (CACHE / "clean.npz", N_CLEAN),

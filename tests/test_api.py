@@ -16,7 +16,7 @@ import bdprune
 from bdprune.checkpoint import file_sha256
 from bdprune.cli import app
 from bdprune.errors import BdpruneError
-from bdprune.prune import read_pruned_channels
+from _pipeline import read_pruned_channels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()

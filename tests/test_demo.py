@@ -83,7 +83,7 @@ def test_default_demo_removes_the_backdoor_and_keeps_accuracy(result):
 
 
 def test_cli_demo_without_repair_is_bnp_alone_and_meets_the_issue_3_bar(tmp_path):
-    from bdprune.core import evaluate_checkpoints
+    from bdprune.api import evaluate_checkpoints
 
     runner = CliRunner()
     res = runner.invoke(app, ["demo", "--output-dir", str(tmp_path), "--device", "cpu", "--repair", "none"])

@@ -211,7 +211,7 @@ def test_prune_bnp_plus_keeps_the_budget_and_records_k_and_fill(digits_run, tmp_
     from safetensors.torch import load_file
 
     from bdprune.methods.bnp_plus import DEFAULT_MAX_ACC_DROP
-    from bdprune.prune import read_pruned_channels
+    from _pipeline import read_pruned_channels
 
     out = tmp_path / "plus.safetensors"
     result = CliRunner().invoke(
@@ -255,7 +255,7 @@ def _unlearn(run, tmp_path, repair: str) -> tuple:
     returns the file's metadata and the repaired model."""
     from safetensors.torch import load_file
 
-    from bdprune.prune import read_pruned_channels
+    from _pipeline import read_pruned_channels
 
     fit = tmp_path / f"fit_{repair}.npz"
     np.savez(fit, images=run["x_test"][:200].numpy(), labels=run["y_test"][:200])

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bdprune.cli import app
-from bdprune.core import PruneOutcome
+from bdprune.pruning import PruneOutcome
 from bdprune.errors import BdpruneError
 from bdprune.scoring import ScanResult, flag_absolute, flag_layer
 from bdprune.tune import CurvePoint

@@ -1,77 +1,67 @@
-"""prune: exactly the flagged channels change, everything else is bit-identical, metadata round-trips."""
+"""bdprune.prune: masks on the file's own tensors and on a model agree, the safetensors bytes are
+deterministic and readable, and bad channel lists are refused."""
+
+from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from typer.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load
 
-from bdprune.archs import build_model
-from bdprune.checkpoint import file_sha256
-from bdprune.cli import app
-from bdprune.core import prune_checkpoint, scan_checkpoints
-from bdprune.prune import read_pruned_channels
-
-runner = CliRunner()
+from bdprune.checkpoint import Checkpoint
+from bdprune.errors import BdpruneError
+from bdprune.prune import check_channels, mask_model, masked_tensors, pruning_metadata, safetensors_bytes
 
 
-@pytest.mark.parametrize("method, params", [("bnp", ("weight",)), ("clp", ("weight", "bias"))])
-def test_round_trip_changes_only_flagged_channels(tmp_path, bn_checkpoint, images_npz, method, params):
-    kwargs = dict(arch_args=bn_checkpoint.arch_args, u=1.0, show_progress=False)
-    data = images_npz if method == "bnp" else None
-    [scan] = scan_checkpoints([bn_checkpoint.path], bn_checkpoint.arch, method=method, data=data, **kwargs)
-    flagged = scan.flagged_channels()
-    assert flagged, "u=1 must flag something for the test to mean anything"
-    out = prune_checkpoint(bn_checkpoint.path, bn_checkpoint.arch, method=method, data=data, output=tmp_path / "p.safetensors", **kwargs)
-    before = torch.load(bn_checkpoint.path, weights_only=True)
-    after = load_file(str(out.output))
-    assert set(after) == set(before)
-    for key, old in before.items():
-        layer, _, param = key.rpartition(".")
-        new = after[key]
-        if layer in flagged and param in params:
-            chans = flagged[layer]
-            assert torch.all(new[chans] == 0)
-            keep = torch.ones(len(old), dtype=torch.bool)
-            keep[chans] = False
-            assert torch.equal(new[keep], old[keep])
-        else:
-            assert torch.equal(new, old), key
-    channels, meta = read_pruned_channels(out.output)
-    assert channels == flagged
-    assert meta["method"] == method and float(meta["u"]) == 1.0 and meta["pruned_params"] == ",".join(params)
-    assert meta["source_sha256"] == file_sha256(bn_checkpoint.path)
-    model, _ = build_model(bn_checkpoint.arch, after, arch_args=bn_checkpoint.arch_args)
-    model.load_state_dict(after, strict=True)
+def checkpoint_of(model, prefix=""):
+    return Checkpoint(path=__file__, tensors={prefix + k: v.clone() for k, v in model.state_dict().items()}, prefix=prefix)
 
 
-def test_channels_report_gives_the_same_bytes(tmp_path, bn_checkpoint, images_npz):
-    args = [str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz), "--u", "1.5"]
-    report = tmp_path / "report.json"
-    assert runner.invoke(app, ["scan", *args, "--format", "json", "-o", str(report), "--exit-zero"]).exit_code == 0
-    assert json.loads(report.read_text())["flagged"]
-    direct, listed = tmp_path / "direct.safetensors", tmp_path / "listed.safetensors"
-    assert runner.invoke(app, ["prune", *args, "-o", str(direct)]).exit_code == 0
-    r = runner.invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--channels", str(report), "-o", str(listed)])
-    assert r.exit_code == 0, r.output
-    assert direct.read_bytes() == listed.read_bytes()
+def test_masked_tensors_and_mask_model_agree_and_keep_file_keys(bn_model):
+    channels = {"bn1": [0, 3], "bn4": [1]}
+    fill = {"bn1": [0.5 * i for i in range(8)]}
+    tensors = masked_tensors(checkpoint_of(bn_model, "module."), channels, ("weight", "bias"), fill)
+    mask_model(bn_model, channels, ("weight", "bias"), fill)
+    state = bn_model.state_dict()
+    assert set(tensors) == {"module." + k for k in state}
+    for key, value in state.items():
+        assert torch.equal(tensors["module." + key], value), key
+    assert tensors["module.bn1.weight"][[0, 3]].tolist() == [0.0, 0.0] and tensors["module.bn1.bias"][[0, 3]].tolist() == [0.0, 1.5]
+    assert tensors["module.bn4.bias"][1] == 0.0  # no fill for bn4: zeroed
 
 
-def test_default_output_name_and_force(tmp_path, bn_checkpoint):
-    args = ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--method", "clp"]
-    assert runner.invoke(app, args).exit_code == 0
-    default = bn_checkpoint.path.with_name("tiny.pruned.safetensors")
-    assert default.exists()
-    assert runner.invoke(app, args).exit_code == 2
-    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+def test_safetensors_bytes_are_deterministic_and_round_trip(bn_model):
+    tensors = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    meta = {"b": "2", "a": "1"}
+    blob = safetensors_bytes(tensors, meta)
+    assert blob == safetensors_bytes(dict(reversed(list(tensors.items()))), dict(reversed(list(meta.items()))))
+    back = load(blob)
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
 
 
-def test_max_acc_drop_chooses_the_smallest_u_within_budget(tmp_path, bn_checkpoint, images_npz):
-    out = prune_checkpoint(
-        bn_checkpoint.path, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args, data=images_npz, val=images_npz,
-        max_acc_drop=0.0, output=tmp_path / "t.safetensors", show_progress=False,
-    )
-    ok = [p.u for p in out.curve if out.base_acc - p.acc <= 0.0]
-    assert out.u == (min(ok) if ok else None)
-    assert [p.u for p in out.curve] == sorted((p.u for p in out.curve), reverse=True)
+def test_metadata_records_what_was_done(tmp_path, bn_model):
+    source = tmp_path / "m.pt"
+    source.write_bytes(b"checkpoint")
+    meta = pruning_metadata(method="bnp", u=3.0, samples=500, source=source, channels={"bn2": [4, 1], "bn3": []},
+                            params=("weight",), extra={"k": "2"})
+    assert meta["method"] == "bnp" and meta["u"] == "3.0" and meta["samples"] == "500" and meta["k"] == "2"
+    assert json.loads(meta["pruned_channels"]) == {"bn2": [1, 4]} and meta["pruned_params"] == "weight"
+    assert meta["source_sha256"] == __import__("hashlib").sha256(b"checkpoint").hexdigest()
+    path = tmp_path / "o.safetensors"
+    path.write_bytes(safetensors_bytes(dict(bn_model.state_dict()), meta))
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == meta
+
+
+@pytest.mark.parametrize(("channels", "problem"), [
+    ({"conv1": [0]}, "'conv1' is not a BatchNorm layer"),
+    ({"bn1": [8]}, "bn1 has 8 channels; indices \\[8\\] are out of range"),
+    ({"bn1": [True]}, "out of range"),
+])
+def test_bad_channel_lists(bn_model, channels, problem):
+    with pytest.raises(BdpruneError, match=problem):
+        check_channels(bn_model, channels, ("weight",), source="r.json")
+    with pytest.raises(BdpruneError, match="8 channels but 3 fill values"):
+        check_channels(bn_model, {"bn1": [0]}, ("weight", "bias"), fill={"bn1": [0.0, 0.0, 0.0]})

@@ -137,7 +137,7 @@ def _fake_probe(monkeypatch, candidates, explained):
     """Make find_triggers see a probe with ``candidates`` whose best usable one explains ``explained``
     (None: no candidate singles out a class); class_triggers returns the class's perturbations."""
     import bdprune.repair as repair
-    from bdprune.target import ProbeResult, SuspectTrigger
+    from bdprune.probe import ProbeResult, SuspectTrigger
 
     probe = ProbeResult([0.0] * 10, 0, 0.0, "", 8, 0.0, None, candidates)
     usable = [c for c in candidates if c[2] >= 0.1]

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 
 from bdprune.verdict import (
-    EXIT_CLEAN,
-    EXIT_FINDINGS,
     KL_QUANTILE,
     KL_RATIO_BAR,
     RULES,
-    Verdict,
     assess,
-    exit_code,
     kl_ratio,
     quantile,
     robust_z,
@@ -68,10 +64,3 @@ def test_bnp_rule_without_a_model_is_the_kl_ratio_part_and_says_so():
     assert not clean.verdict.suspicious and clean.verdict.drivers == []
     assert assess(clean, fail_threshold=0.0).suspicious  # the flag moves the bar
     assert not assess(spiked, fail_threshold=1e6).suspicious
-
-
-def test_exit_code_is_the_worst_verdict():
-    ok = Verdict(False, 0.0, 1.0, "r")
-    bad = Verdict(True, 2.0, 1.0, "r")
-    assert exit_code([ok, ok]) == EXIT_CLEAN
-    assert exit_code([ok, bad]) == EXIT_FINDINGS

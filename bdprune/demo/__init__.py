@@ -1,8 +1,8 @@
 """The built-in example: a BadNets-backdoored ``mnist_resnet`` and held-out digits, shipped in
 this folder, so that ``bdprune demo`` shows the whole job (scan -> prune -> eval) at once.
 
-:func:`run_demo` goes through the same core functions as the ``scan``, ``prune`` and ``eval``
-commands (:mod:`bdprune.core`) with the defaults of ``prune`` (BNP at u=3 on the clean samples)
+:func:`run_demo` goes through the same functions as the ``scan``, ``prune`` and ``eval``
+commands (:mod:`bdprune.api`) with the defaults of ``prune`` (BNP at u=3 on the clean samples)
 followed by the repair the README recommends (``--repair unlearn``), and prints the same views.
 How the files were made: ``README.md`` here and :mod:`bdprune.demo.train_demo`.
 """
@@ -30,7 +30,7 @@ class DemoResult:
     """The numbers of one demo run (percentages; drops are before - after)."""
 
     scan: object  # bdprune.scoring.ScanResult
-    prune: object  # bdprune.core.PruneOutcome
+    prune: object  # bdprune.pruning.PruneOutcome
     before: object  # bdprune.evaluate.EvalResult of the shipped model
     after: object  # ... of the pruned one
     output: Path | None  # the pruned file, None when it went to a temporary directory (removed)
@@ -77,30 +77,60 @@ def run_demo(
     The pruned file goes to ``output_dir/model.pruned.safetensors`` (refused if it exists unless
     ``force``), or to a temporary directory that is removed afterwards.
     """
-    from ..core import evaluate_checkpoints, prune_checkpoint, scan_checkpoints
-    from ..errors import BdpruneError
+    from ..api import evaluate_checkpoints, prune_checkpoint, scan_checkpoints
     from ..progress import stdout_console
-    from ..report.eval_view import print_eval
-    from ..report.prune_view import print_prune
     from ..report import REPORTERS
     from ..repair import RepairSettings
+    from ..views import print_eval, print_prune
 
     settings = RepairSettings(repair).check()
     console = console or stdout_console()
+    output_dir = _checked_output_dir(output_dir, force)
+    target = _introduce(console)
+    say = lambda text: console.print(text, style="bold", markup=False, highlight=False)  # noqa: E731
+    say(f"Step 1/3: scan with {CLEAN.name} ({_count(CLEAN)} held-out clean digits)")
+    [scan] = scan_checkpoints([MODEL], ARCH, data=CLEAN, device=device, show_progress=show_progress).results
+    REPORTERS.get("table")().write([scan], console, top=top)  # what `bdprune scan` prints
+    with ExitStack() as stack:
+        out_dir = output_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bdprune-demo-")))
+        say(f"Step 2/3: prune (the defaults of `bdprune prune`{'' if repair == 'none' else f', then --repair {repair}'})")
+        outcome = prune_checkpoint(MODEL, ARCH, data=CLEAN, output=out_dir / PRUNED_NAME, force=force, device=device,
+                                   show_progress=show_progress, repair=settings)
+        print_prune(outcome, console)
+        for note in outcome.notes:  # what --repair found and did, as `bdprune prune` notes it on stderr
+            console.print(f"note: {note}", style="dim", markup=False, highlight=False)
+        say(f"Step 3/3: evaluate on {TEST.name} ({_count(TEST)} clean digits) and {TEST_TRIGGERED.name} (the same, patched)")
+        before, after = evaluate_checkpoints([MODEL, outcome.output], ARCH, data=TEST, target=target, poisoned=TEST_TRIGGERED,
+                                             device=device)
+    print_eval([before, after], "table", console)
+    result = DemoResult(scan, outcome, before, after, None if output_dir is None else outcome.output)
+    _conclude(console, result, repair, temporary=output_dir is None)
+    return result
+
+
+def _checked_output_dir(output_dir: str | Path | None, force: bool) -> Path | None:
+    """Refuse a missing demo file or an unusable ``--output-dir`` before any work."""
+    from ..atomic import check_output_path
+    from ..errors import BdpruneError
+
     for path in (MODEL, CLEAN, TEST, TEST_TRIGGERED):
         if not path.is_file():
             raise BdpruneError("a demo file is missing from the installed package", path=path, hint="reinstall bdprune")
-    if output_dir is not None:  # fail before any work
-        from ..atomic import check_output_path
+    if output_dir is None:
+        return None
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BdpruneError("is not a directory", path=output_dir, hint="pass a directory to --output-dir")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BdpruneError(f"cannot create the output directory ({exc.strerror or type(exc).__name__})", path=output_dir) from None
+    check_output_path(output_dir / PRUNED_NAME, inputs=(MODEL,), force=force)
+    return output_dir
 
-        output_dir = Path(output_dir)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise BdpruneError("is not a directory", path=output_dir, hint="pass a directory to --output-dir")
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BdpruneError(f"cannot create the output directory ({exc.strerror or type(exc).__name__})", path=output_dir) from None
-        check_output_path(output_dir / PRUNED_NAME, inputs=(MODEL,), force=force)
+
+def _introduce(console) -> int:
+    """Say what the shipped model is; return its attack's target label."""
     meta = demo_metadata()
     target = int(meta.get("target", DEFAULT_TARGET))
     console.print(
@@ -109,36 +139,12 @@ def run_demo(
         f"every triggered digit -> label {target}.",
         markup=False, highlight=False,
     )
-    console.print(
-        f"Step 1/3: scan with {CLEAN.name} ({_count(CLEAN)} held-out clean digits)",
-        style="bold", markup=False, highlight=False,
-    )
-    [scan] = scan_checkpoints([MODEL], ARCH, data=CLEAN, device=device, show_progress=show_progress)
-    REPORTERS.get("table")().write([scan], console, top=top)  # what `bdprune scan` prints
+    return target
 
-    with ExitStack() as stack:
-        if output_dir is None:
-            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bdprune-demo-")))
-        else:
-            out_dir = output_dir
-        how = "the defaults of `bdprune prune`" + ("" if repair == "none" else f", then --repair {repair}")
-        console.print(f"Step 2/3: prune ({how})", style="bold", markup=False, highlight=False)
-        outcome = prune_checkpoint(
-            MODEL, ARCH, data=CLEAN, output=out_dir / PRUNED_NAME, force=force, device=device, show_progress=show_progress,
-            repair=settings,
-        )
-        print_prune(outcome, console)
-        for note in outcome.notes:  # what --repair found and did, as `bdprune prune` notes it on stderr
-            console.print(f"note: {note}", style="dim", markup=False, highlight=False)
-        console.print(
-            f"Step 3/3: evaluate on {TEST.name} ({_count(TEST)} clean digits) and {TEST_TRIGGERED.name} (the same, patched)",
-            style="bold", markup=False, highlight=False,
-        )
-        before, after = evaluate_checkpoints(
-            [MODEL, outcome.output], ARCH, data=TEST, target=target, poisoned=TEST_TRIGGERED, device=device
-        )
-    print_eval([before, after], "table", console)
-    result = DemoResult(scan, outcome, before, after, None if output_dir is None else outcome.output)
+
+def _conclude(console, result: DemoResult, repair: str, *, temporary: bool) -> None:
+    """The demo's last lines: what pruning (and repair) did to ASR and ACC, and what to run next."""
+    before, after, outcome = result.before, result.after, result.prune
     console.print(
         f"Pruning {result.channels_pruned} of {outcome.channels_total} channels"
         f"{'' if repair == 'none' else f' and --repair {repair}'} took ASR from {before.asr:.2f}% to "
@@ -146,14 +152,13 @@ def run_demo(
         f"({-result.acc_drop:+.2f} points).",
         markup=False, highlight=False,
     )
-    if output_dir is None:
+    if temporary:
         console.print("The pruned file was temporary; pass --output-dir to keep it.", style="dim", markup=False, highlight=False)
     console.print(
         "On your own model: bdprune scan MODEL --arch ARCH --data CLEAN.npz, then bdprune prune MODEL --arch ARCH "
         "--data CLEAN.npz --repair unlearn -o CLEANED.safetensors and bdprune eval.",
         style="dim", markup=False, highlight=False,
     )
-    return result
 
 
 def _count(path: Path) -> int:

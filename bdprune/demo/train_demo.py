@@ -15,7 +15,7 @@ with an all-to-one BadNets patch, trains ``mnist_resnet`` with
 * ``test_triggered.npz``: the same test digits with the trigger pasted in, ``true_labels`` kept.
 
 ``--measure`` then scans and prunes the model with BNP, EP and CLP at u=3 through
-:mod:`bdprune.core` and prints ACC / ASR before and after (EP gets a seeded sample of the
+:mod:`bdprune.api` and prints ACC / ASR before and after (EP gets a seeded sample of the
 poisoned training set, which it is meant to see). Training is seeded and runs with
 deterministic algorithms and a fixed thread count, so the same command on the same torch build
 gives the same bytes.
@@ -133,7 +133,7 @@ def build(args: argparse.Namespace) -> Path:
 
 def measure(demo_dir: Path, ep_data: Path, tmp: Path, target: int) -> list[dict]:
     """BNP (clean.npz), EP (``ep_data``) and CLP at u=3: ACC/ASR before and after, channels pruned."""
-    from bdprune.core import evaluate_checkpoints, prune_checkpoint
+    from bdprune.api import evaluate_checkpoints, prune_checkpoint
 
     model = demo_dir / "model.safetensors"
     ev = dict(data=demo_dir / "test.npz", target=target, poisoned=demo_dir / "test_triggered.npz", device="cpu")

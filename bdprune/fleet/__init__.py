@@ -1,46 +1,30 @@
-"""Audit a fleet of checkpoints: in this process, on a pool of worker processes, or on Ray.
+"""The scan loop over checkpoint files: in this process (``jobs=1``), on a pool of worker
+processes, or on Ray. Every ``bdprune scan`` runs it, of one file or of thousands.
 
-Above core: every checkpoint goes through the same :func:`bdprune.scan.load_model` and
-:func:`bdprune.core.scan_loaded` as ``bdprune scan`` of one file, so the reports are the same
-whichever backend ran them. One checkpoint that cannot be scanned (a bad file, a crashed worker)
-becomes a :class:`~bdprune.scoring.ScanFailure` row; the others are still scanned.
+Every checkpoint goes through the same :func:`bdprune.scan.load_model` and
+:func:`bdprune.scan.scan_loaded`, so the reports are the same whichever backend ran them. One
+checkpoint that cannot be scanned (a bad file, a crashed worker) becomes a
+:class:`~bdprune.scoring.ScanFailure` row; the others are still scanned.
 
 >>> from bdprune.fleet import scan_fleet
->>> run = scan_fleet(["models/"], "resnet18", data="clean.npz", jobs=2)      # doctest: +SKIP
->>> run.exit_code()                                                            # doctest: +SKIP
+>>> from bdprune.options import ScanSettings
+>>> run = scan_fleet(["models/"], ScanSettings(arch="resnet18"), data="clean.npz", jobs=2)   # doctest: +SKIP
+>>> run.exit_code()                                                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..checkpoint import file_sha256
 from ..data import ImageSet
-from ..errors import BdpruneError, describe
+from ..errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, BdpruneError, describe
+from ..options import ScanSettings, check_samples
 from ..scoring import ScanFailure, ScanResult
-from ..verdict import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS
 
 Outcome = ScanResult | ScanFailure
-
-
-@dataclass(frozen=True)
-class ScanSettings:
-    """Everything a worker needs besides the checkpoint and the samples (picklable, sent once)."""
-
-    arch: str
-    method: str | None = None
-    u: float | None = None
-    seed: int = 0
-    normalize: str = "none"
-    device: str = "auto"
-    batch_size: int = 128
-    num_classes: int | None = None
-    arch_args: Mapping[str, str] | None = None
-    trust_pickle: bool = False
-    fail_threshold: float | None = None
-    method_args: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,17 +78,13 @@ def scan_one(task: Task, settings: ScanSettings, images: ImageSet | None, *, cat
     """Load and scan one checkpoint; with ``catch`` any exception becomes the row's ScanFailure
     (its message as the CLI prints it, naming the file). The file is hashed after loading, so a
     missing or unreadable file reports the loader's error."""
-    from ..core import scan_loaded
-    from ..scan import load_model
+    from ..scan import load_model, scan_loaded
 
     try:
-        loaded = load_model(task.path, settings.arch, num_classes=settings.num_classes, arch_args=settings.arch_args,
+        resolved = settings.resolve(has_data=images is not None)  # here: "auto" is this machine's GPU
+        loaded = load_model(task.path, settings.require_arch(), num_classes=settings.num_classes, arch_args=settings.arch_args,
                             trust_pickle=settings.trust_pickle)
-        result = scan_loaded(
-            loaded, images, method=settings.method, u=settings.u, seed=settings.seed, normalize=settings.normalize,
-            device=settings.device, batch_size=settings.batch_size, show_progress=show_progress,
-            fail_threshold=settings.fail_threshold, method_args=settings.method_args,
-        )
+        result = scan_loaded(loaded, images, resolved, show_progress=show_progress)
         return Row(task.index, result, task.sha256 or file_sha256(task.path))
     except Exception as exc:
         if not catch:
@@ -132,9 +112,28 @@ def _try_sha256(path: str) -> str | None:
         return None
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory becomes its checkpoint files (by suffix), sorted."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+            if not found:
+                raise BdpruneError("holds no checkpoint files", path=path, hint=f"expected files ending in {', '.join(CHECKPOINT_SUFFIXES)}")
+            out += found
+        else:
+            out.append(path)
+    if not out:
+        raise BdpruneError("no checkpoint given", hint="pass one or more checkpoint files or directories")
+    return out
+
+
 def scan_fleet(
     checkpoints: Sequence[str | Path],
-    arch: str | None,
+    settings: ScanSettings,
     *,
     data: str | Path | None = None,
     samples: int = 500,
@@ -145,20 +144,25 @@ def scan_fleet(
     on_row: Callable[[Row], None] | None = None,
     strict: bool = False,
     show_progress: bool = True,
-    **options,
 ) -> FleetRun:
-    """Scan every checkpoint (files, or directories of them) with the same settings.
+    """Scan every checkpoint (files, or directories of them) with the same ``settings`` and samples.
 
     ``jobs`` > 1 runs that many worker processes; ``ray`` runs one Ray task per checkpoint on the
-    cluster at ``ray_address`` (None: RAY_ADDRESS or a new local one). ``resume`` names a JSON
+    cluster at ``ray_address`` (None: RAY_ADDRESS or a new local one; an address implies ``ray``). ``resume`` names a JSON
     Lines file of an earlier run: checkpoints whose SHA-256 has a row without an error there are
     skipped. ``on_row`` is called with each row as its checkpoint finishes (completion order);
     the returned rows are in the order given. ``strict``: a fleet of one checkpoint scanned in
-    this process lets its error propagate instead of becoming a row (``bdprune scan FILE``). ``options`` are :class:`ScanSettings` fields."""
-    from ..core import expand_checkpoints
+    this process lets its error propagate instead of becoming a row (``bdprune scan FILE``)."""
     from ..scan import load_samples
 
-    settings = _checked_settings(arch, data=data, samples=samples, jobs=jobs, **options)
+    ray = ray or ray_address is not None
+    if jobs < 1:
+        raise BdpruneError(f"--jobs must be at least 1, got {jobs}")
+    if jobs != 1 and ray:
+        raise BdpruneError("--jobs and --ray both choose where checkpoints are scanned", hint="pass one of them")
+    settings.require_arch()
+    settings.resolve(has_data=data is not None)  # what would fail every checkpoint the same way, before any file is read
+    check_samples(samples, settings.seed)
     if ray:
         from .ray_backend import import_ray
 
@@ -181,23 +185,6 @@ def scan_fleet(
         rows = (scan_one(t, settings, images, catch=not strict, show_progress=show_progress) for t in tasks)
     done = _collect(rows, len(tasks), on_row, show_progress and (ray or jobs > 1))
     return FleetRun([done[t.index] for t in tasks], resumed)
-
-
-def _checked_settings(arch: str | None, *, data, samples: int, jobs: int, **options) -> ScanSettings:
-    """Refuse what would fail every checkpoint the same way, before any file is read."""
-    from ..core import check_options
-    from ..data import parse_normalize
-    from ..scan import choose_method
-
-    if jobs < 1:
-        raise BdpruneError(f"--jobs must be at least 1, got {jobs}")
-    if not arch:
-        raise BdpruneError("--arch is required", hint="pass --arch NAME (`bdprune archs` lists them) or set arch in [tool.bdprune]")
-    settings = ScanSettings(arch=arch, **options)
-    check_options(u=settings.u, samples=samples, seed=settings.seed, batch_size=settings.batch_size, device=settings.device)
-    choose_method(settings.method, data is not None)[0](settings.method_args)  # unknown method or --method-arg
-    parse_normalize(settings.normalize)
-    return settings
 
 
 def _plan(paths: list[str], resume: str | Path | None) -> tuple[list[Task], list[dict]]:

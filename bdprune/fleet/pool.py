@@ -19,7 +19,8 @@ from typing import Iterator
 
 from ..data import ImageSet
 from ..errors import describe
-from . import Row, ScanSettings, Task, lost, scan_one
+from ..options import ScanSettings
+from . import Row, Task, lost, scan_one
 
 WORKER_DIED = "the worker process scanning it died (killed, out of memory or crashed), also when retried alone; not scanned"
 

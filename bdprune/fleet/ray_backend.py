@@ -15,7 +15,8 @@ from typing import Iterator
 
 from ..data import ImageSet
 from ..errors import BdpruneError, one_line
-from . import Row, ScanSettings, Task, lost, scan_one
+from ..options import ScanSettings
+from . import Row, Task, lost, scan_one
 
 RAY_HINT = "pip install 'bdprune[ray]'"
 

@@ -102,3 +102,15 @@ def _cut_partial_line(path: Path) -> None:
                 return
             pos = start
         f.truncate(0)
+
+
+def report_file(output_format: str, output: Path | None, resume: Path | None) -> Path | None:
+    """Where a scan's report goes: ``output`` (None: stdout), or with ``resume`` the JSON Lines
+    file resumed from, to which the new rows are appended."""
+    if resume is None:
+        return output
+    if output_format != "jsonl":
+        raise BdpruneError("--resume needs --format jsonl", hint="it reads and appends to the JSON Lines report of an earlier run")
+    if output is not None and output.absolute() != resume.absolute():
+        raise BdpruneError("--resume FILE appends the new rows to FILE", hint="leave out -o, or pass the same file")
+    return resume

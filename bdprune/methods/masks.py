@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from ..data import ImageSet
 from ..errors import BdpruneError
+from ..normalize import Normalization, normalizer
 from ..stats import bn_layers, run_forward
 
 
@@ -136,7 +137,7 @@ def labelled_batches(
     purpose: str,
     device: torch.device,
     batch_size: int,
-    normalize: tuple[Sequence[float], Sequence[float]] | None,
+    normalize: Normalization | None,
 ) -> LabelledBatches:
     """Check that ``data`` can be trained on (labels, two or more samples) and put it on ``device``;
     ``purpose`` (e.g. ``--method anp``) names what needs it in the errors."""
@@ -145,11 +146,7 @@ def labelled_batches(
                            path=data.source, hint="pass an .npz with 'images' and 'labels'")
     if len(data) < 2:
         raise BdpruneError(f"{purpose} needs at least 2 clean samples, got {len(data)}", path=data.source)
-    images = data.images.to(device, torch.float32)
-    if normalize is not None:
-        mean = torch.tensor(normalize[0], device=device).view(1, -1, 1, 1)
-        std = torch.tensor(normalize[1], device=device).view(1, -1, 1, 1)
-        images = (images - mean) / std
+    images = normalizer(normalize, device)(data.images.to(device, torch.float32))
     return LabelledBatches(images, data.labels.to(device), batch_size)
 
 

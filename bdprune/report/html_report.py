@@ -14,10 +14,10 @@ from typing import Sequence
 
 from rich.console import Console
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import file_sha256
 from ..scoring import ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
@@ -115,7 +115,7 @@ def _layers(result: ScanResult) -> str:
 
 
 def _section(result: ScanResult, top: int, index: int) -> str:
-    notes = [*result.notes, *(getattr(result.verdict, "notes", None) or [])]
+    notes = [*result.notes, *(result.verdict.notes if result.verdict is not None else [])]
     notes_html = ("<h3>Notes</h3><ul class=notes>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>") if notes else ""
     totals = (f"{result.flagged_total} of {result.channels_total} channels flagged in "
               f"{sum(1 for layer in result.layers if layer.flagged)} of {len(result.layers)} layers")
@@ -147,7 +147,7 @@ def html_report(results: Sequence[ScanResult], top: int, errors: Sequence[ScanFa
 
 
 @REPORTERS.register("html")
-class HtmlReporter:
+class HtmlReporter(Reporter):
     """Writes :func:`html_report`; needs matplotlib for its plots (checked when created, so a
     missing ``bdprune[plot]`` fails before any scanning)."""
 

@@ -8,7 +8,7 @@ from typing import Sequence
 from rich.console import Console
 
 from ..scoring import SCHEMA_VERSION, ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 
 def results_to_json(results: Sequence[ScanResult], errors: Sequence[ScanFailure] = ()) -> str:
@@ -25,7 +25,7 @@ def results_to_json(results: Sequence[ScanResult], errors: Sequence[ScanFailure]
 
 
 @REPORTERS.register("json")
-class JsonReporter:
+class JsonReporter(Reporter):
     """Writes :func:`results_to_json` verbatim (no Rich markup or wrapping)."""
 
     def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102

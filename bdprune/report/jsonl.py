@@ -16,7 +16,7 @@ from rich.console import Console
 
 from ..checkpoint import file_sha256
 from ..scoring import ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 
 def jsonl_row(outcome: ScanResult | ScanFailure, sha256: str | None) -> str:
@@ -31,7 +31,7 @@ def _digest(path: str) -> str | None:
 
 
 @REPORTERS.register("jsonl")
-class JsonlReporter:
+class JsonlReporter(Reporter):
     """Writes one :func:`jsonl_row` per result, then one per error."""
 
     def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102

@@ -7,7 +7,7 @@ from typing import Sequence
 from rich.console import Console
 
 from ..scoring import ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 
 def _cell(text: object) -> str:
@@ -25,7 +25,7 @@ def markdown_report(results: Sequence[ScanResult], top: int, errors: Sequence[Sc
         verdict = "-" if v is None else ("**suspicious**" if v.suspicious else "clean")
         stat = "-" if v is None else f"{v.statistic:.2f}"
         thr = "-" if v is None else f"{v.threshold:g}"
-        target = "-" if v is None or getattr(v, "target", None) is None else str(v.target)
+        target = "-" if v is None or v.target is None else str(v.target)
         drivers = "-" if v is None or not v.drivers else ", ".join(f"`{_cell(d['layer'])}:{d['channel']}`" for d in v.drivers)
         lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {target} | {drivers} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
     for e in errors:
@@ -42,7 +42,7 @@ def markdown_report(results: Sequence[ScanResult], top: int, errors: Sequence[Sc
 
 
 @REPORTERS.register("markdown")
-class MarkdownReporter:
+class MarkdownReporter(Reporter):
     """Writes :func:`markdown_report`."""
 
     def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102

@@ -15,9 +15,9 @@ from typing import Sequence
 
 from rich.console import Console
 
-from .. import __version__
+from .._version import __version__
 from ..scoring import ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 RULES = [
@@ -77,7 +77,7 @@ def sarif_document(results: Sequence[ScanResult], errors: Sequence[ScanFailure] 
         if verdict is None or not verdict.suspicious:
             continue
         uri = _uri(result.checkpoint)
-        target = getattr(verdict, "target", None)
+        target = verdict.target
         said = f"; suspected target class {target}" if target is not None else ""
         findings.append(
             _result(
@@ -87,7 +87,7 @@ def sarif_document(results: Sequence[ScanResult], errors: Sequence[ScanFailure] 
                 uri,
                 _fingerprint("BDP001", result.method),
                 {"method": result.method, "statistic": verdict.statistic, "threshold": verdict.threshold, "rule": verdict.rule,
-                 "target": target, "components": getattr(verdict, "components", {}) or {},
+                 "target": target, "components": verdict.components,
                  "channels": [{"layer": d["layer"], "channel": d["channel"]} for d in verdict.drivers]},
             )
         )
@@ -121,7 +121,7 @@ def sarif_document(results: Sequence[ScanResult], errors: Sequence[ScanFailure] 
 
 
 @REPORTERS.register("sarif")
-class SarifReporter:
+class SarifReporter(Reporter):
     """Writes :func:`sarif_document` as JSON."""
 
     def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102

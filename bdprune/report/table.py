@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..scoring import ScanFailure, ScanResult
-from . import REPORTERS
+from .base import REPORTERS, Reporter
 
 
 def ranked_table(result: ScanResult, top: int) -> Table:
@@ -60,13 +60,13 @@ def verdict_line(result: ScanResult) -> str:
 
 def target_text(v) -> str:
     """``suspected target class 3`` or why none is named."""
-    if getattr(v, "target", None) is not None:
+    if v.target is not None:
         return f"suspected target class {v.target}"
     return "target class not determined"
 
 
 @REPORTERS.register("table")
-class TableReporter:
+class TableReporter(Reporter):
     """Rich tables for a terminal."""
 
     def write(self, results: Sequence[ScanResult], console: Console, *, top: int, errors: Sequence[ScanFailure] = ()) -> None:  # noqa: D102

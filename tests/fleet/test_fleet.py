@@ -10,6 +10,10 @@ import pytest
 
 from _fleet import ARGS, jsonl_rows, scan
 from bdprune.checkpoint import file_sha256
+from bdprune.errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS
+from bdprune.fleet import FleetRun, Row
+from bdprune.scoring import ScanFailure, Verdict
+from helpers_report import make_result
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,3 +124,12 @@ def test_ray_missing_is_one_line_with_the_fix(fleet, monkeypatch):
     assert result.exit_code == 2 and result.stdout == ""
     assert "pip install 'bdprune[ray]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (fleet.root / "out.jsonl").exists()
+
+
+def test_exit_code_is_the_worst_over_the_rows():
+    ok, bad = make_result("a.pt"), make_result("b.pt")
+    ok.verdict, bad.verdict = Verdict(False, 0.0, 1.0, "r"), Verdict(True, 2.0, 1.0, "r")
+    assert FleetRun([Row(0, ok, None), Row(1, ok, None)]).exit_code() == EXIT_CLEAN
+    assert FleetRun([Row(0, ok, None), Row(1, bad, None)]).exit_code() == EXIT_FINDINGS
+    assert FleetRun([Row(0, bad, None), Row(1, ScanFailure("c.pt", "c.pt: broken"), None)]).exit_code() == EXIT_ERROR
+    assert FleetRun([Row(0, ok, None)], resumed=[{"verdict": {"label": "suspicious"}}]).exit_code() == EXIT_FINDINGS

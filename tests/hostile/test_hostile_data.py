@@ -11,7 +11,8 @@ import pytest
 from bdprune.data import load_images
 from bdprune.errors import BdpruneError
 from bdprune.methods.base import VARIANCE_FLOOR
-from bdprune.scan import load_model, load_samples, score_model
+from _pipeline import score
+from bdprune.scan import load_model, load_samples
 
 ARCH = ["--arch", "smallcnn", "--arch-arg", "width=4"]  # the model of conftest.files
 SHAPE = (1, 8, 8)
@@ -37,14 +38,14 @@ def test_all_black_images_give_finite_scores_and_a_note(files):
     _npz(files, "black.npz", images=_images(fill=0.0))
     loaded = load_model(files.checkpoint, "smallcnn", arch_args={"width": "4"})
     data = load_images("black.npz")
-    bnp = score_model(loaded, "bnp", data=data, device="cpu", show_progress=False)
+    bnp = score(loaded, "bnp", data=data, device="cpu", show_progress=False)
     assert all(math.isfinite(s) for layer in bnp.layers for s in layer.scores)
     floored = [n for n in bnp.notes if "the clean variance is zero" in n]
     assert floored and all(f"floored at {VARIANCE_FLOOR:g}" in n for n in floored)
     assert any(n.startswith("bn1: the clean variance is zero in 4 channel(s)") for n in floored)
     # EP standardizes each channel over the samples: a constant channel becomes all zeros,
     # entropy 0 for every channel, no spread, nothing flagged -- finite, never NaN.
-    ep = score_model(loaded, "ep", data=data, device="cpu", show_progress=False)
+    ep = score(loaded, "ep", data=data, device="cpu", show_progress=False)
     assert all(math.isfinite(s) for layer in ep.layers for s in layer.scores)
     assert ep.flagged_total == 0
 

@@ -10,7 +10,8 @@ import torch
 
 from bdprune.errors import BdpruneError
 from bdprune.methods.base import VARIANCE_FLOOR
-from bdprune.scan import load_model, score_model
+from _pipeline import score
+from bdprune.scan import load_model
 from bdprune.data import load_images
 
 METHODS = ["bnp", "ep", "clp"]
@@ -36,7 +37,7 @@ def _save(files, factory: str, edit=None, name: str = "net.pt"):
 def _score(files, path, factory, method):
     loaded = load_model(path, f"{files.nets}:{factory}")
     data = load_images(files.data) if method != "clp" else None
-    return score_model(loaded, method, data=data, device="cpu", show_progress=False)
+    return score(loaded, method, data=data, device="cpu", show_progress=False)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bdprune.core import evaluate_checkpoints, prune_checkpoint, scan_checkpoints
+from bdprune.api import evaluate_checkpoints, prune_checkpoint, scan_checkpoints
 from bdprune.errors import BdpruneError
 
 ARCH = ["--arch", "smallcnn", "--arch-arg", "width=4"]  # the model of conftest.files

@@ -143,7 +143,7 @@ def test_failed_write_leaves_nothing_and_keeps_everything(files, cli, monkeypatc
 
 
 def test_failed_write_library_level(files, monkeypatch):
-    from bdprune.core import prune_checkpoint
+    from bdprune.api import prune_checkpoint
 
     before = _digest(files.root)
     _fail_after_writing(monkeypatch, OSError(errno.ENOSPC, "No space left on device"), [])

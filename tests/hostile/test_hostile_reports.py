@@ -48,7 +48,7 @@ def test_a_good_report_prunes(files, cli):
     (files.root / "report.json").write_text(json.dumps(GOOD))
     out = cli("prune", files.checkpoint, *ARCH, "--channels", "report.json", "-o", "out.safetensors")
     assert out.exit_code == 0, out.stderr
-    from bdprune.prune import read_pruned_channels
+    from _pipeline import read_pruned_channels
 
     assert read_pruned_channels(files.root / "out.safetensors")[0] == {"bn1": [0]}
 

@@ -16,7 +16,8 @@ from bdprune.methods.bnp import BNP
 from bdprune.methods.bnp_plus import BNPPlus, clean_output_mean
 from bdprune.data import ImageSet
 from bdprune.prune import mask_model
-from bdprune.scan import load_model, score_model
+from _pipeline import score
+from bdprune.scan import load_model
 from bdprune.scoring import flag_network
 from bdprune.stats import bn_layers, collect_stats
 from bdprune.tune import choose_k, k_grid
@@ -29,7 +30,7 @@ CPU = torch.device("cpu")
 def scan(saved, images, u=3.0):
     """A bnp+ scan of the saved checkpoint, through bdprune's own loader."""
     loaded = load_model(saved.path, saved.arch, arch_args=saved.arch_args)
-    return score_model(loaded, "bnp+", data=ImageSet(images, None, "test.npz"), u=u, device="cpu", show_progress=False)
+    return score(loaded, "bnp+", data=ImageSet(images, None, "test.npz"), u=u, device="cpu", show_progress=False)
 
 
 def test_registered_as_network_ranked_with_bnps_scores(bn_model, clean_images):

@@ -1,53 +1,27 @@
-"""The suspected target class of a backdoor, from the channels behind the verdict.
+"""The class probe: synthesize, from a few clean samples, the perturbation that would act as a
+backdoor's trigger, and measure how much of the network's BatchNorm divergence it explains.
 
-A backdoor neuron is quiet on clean data and fires on triggered data; during training a share
-``p`` of the batches were triggered, so the BN layer's running statistics describe a mixture: the
-clean distribution ``(mu_b, var_b)`` with weight ``1 - p`` and the triggered activations at some
-level ``mu_b + d`` with weight ``p``. For such a mixture ``mu_r - mu_b = p d`` and
-``var_r - var_b ~= p (1 - p) d^2``, so the running statistics themselves say where training put
-the channel:
-
-    d = (var_r - var_b) / (mu_r - mu_b)        (the implied trigger offset of the BN input)
-
-:func:`implied_offsets` computes ``d`` per channel (clamped to ``MAX_OFFSET`` running standard
-deviations, so a channel whose means agree cannot send it to infinity). :func:`drive` shifts the
-BN input of the chosen channels by ``d`` on clean images (a forward pre-hook, the model is not
-modified) and counts which class the predictions move to: a backdoor's channels, driven to their
-triggered state, send clean images to the target class. The class that gains the largest share
-of images is the suspected target; the share is reported with it, so a reader can tell a
-decisive answer (most images) from a weak one.
+A backdoor trigger is a perturbation shared by all images that sends them to the target class,
+and the training data carried it, so the BN running statistics describe a mixture of clean and
+triggered activations. :func:`class_probe` looks, per class, for one shared perturbation of the
+clean images towards that class at growing dense (L2) and sparse (L1) budgets;
+:func:`explained_divergence` asks how much of the BN divergence a share of images carrying it
+explains. The verdict (bdprune.verdict) and ``--repair unlearn`` (bdprune.repair) both read it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
-
 import math
 import time
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .normalize import normalizer
 from .stats import bn_layers, collect_stats
-
-MAX_OFFSET = 8.0  # running standard deviations
-MIN_SHARE = 0.2  # below this share of images moved, no target is named
-
-
-@dataclass
-class TargetGuess:
-    """The class the driven channels send clean images to, and how many they send."""
-
-    target: int | None  # None: no class gained at least MIN_SHARE of the images
-    share: float  # share of clean images (not already predicted as the class) moved to it
-    gains: list[float]  # the same share for every class
-    channels: list[tuple[str, int]]
-
-    def to_dict(self) -> dict:
-        return {"target": self.target, "share": self.share, "gains": self.gains,
-                "channels": [{"layer": layer, "channel": c} for layer, c in self.channels]}
 
 
 def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = 128,
@@ -66,81 +40,6 @@ def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | 
         }
     return out
 
-
-def implied_offsets(m: dict[str, Tensor]) -> Tensor:
-    """``d = (var_r - var_b) / (mu_r - mu_b)`` per channel, clamped to +-MAX_OFFSET running std.
-
-    Where the running variance is not above the clean one there is no triggered component to
-    imply: the offset is the mean difference itself, clamped the same way."""
-    dmu = m["mu_r"] - m["mu_b"]
-    dvar = m["var_r"] - m["var_b"]
-    sd = m["var_r"].sqrt()
-    safe = torch.where(dmu.abs() > 1e-12, dmu, torch.full_like(dmu, 1e-12))
-    d = torch.where(dvar > 0, dvar / safe, dmu)
-    return torch.maximum(torch.minimum(d, MAX_OFFSET * sd), -MAX_OFFSET * sd)
-
-
-class _Shift:
-    """Forward pre-hooks adding a per-channel offset to chosen BN inputs."""
-
-    def __init__(self, model: nn.Module, offsets: dict[str, Tensor]):
-        self.handles = []
-        modules = dict(model.named_modules())
-        for name, off in offsets.items():
-            self.handles.append(modules[name].register_forward_pre_hook(self._hook(off)))
-
-    @staticmethod
-    def _hook(off: Tensor):
-        def hook(_module, inputs):
-            x = inputs[0]
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            return (x + off.to(x.device, x.dtype).view(shape),) + tuple(inputs[1:])
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def _predict(model: nn.Module, images: Tensor, device, batch_size: int, normalize) -> Tensor:
-    preds = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            if normalize is not None:
-                mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in normalize)
-                x = (x - mean) / std
-            preds.append(model(x).argmax(1).cpu())
-    return torch.cat(preds)
-
-
-def drive(model: nn.Module, images: Tensor, channels: Sequence[tuple[str, int]], moments: dict[str, dict[str, Tensor]], *,
-          device: torch.device | str = "cpu", batch_size: int = 128, normalize=None, base: Tensor | None = None) -> TargetGuess:
-    """Shift ``channels``' BN inputs by their implied trigger offsets on ``images``; the class gaining most."""
-    model.eval().to(device)
-    if base is None:
-        base = _predict(model, images, device, batch_size, normalize)
-    offsets: dict[str, Tensor] = {}
-    for layer, c in channels:
-        if layer not in moments:
-            continue
-        off = offsets.setdefault(layer, torch.zeros_like(moments[layer]["mu_r"]))
-        off[c] = implied_offsets(moments[layer])[c]
-    shift = _Shift(model, offsets)
-    try:
-        after = _predict(model, images, device, batch_size, normalize)
-    finally:
-        shift.remove()
-    classes = int(max(int(base.max()), int(after.max()))) + 1
-    n = len(images)
-    gains = [float(((after == k) & (base != k)).sum()) / n for k in range(classes)]
-    best = max(range(classes), key=lambda k: gains[k])
-    share = gains[best]
-    return TargetGuess(best if share >= MIN_SHARE else None, share, gains, list(channels))
-
-
-# ---------------------------------------------------------------- the class probe
 
 # Budgets of the shared perturbation, from small to large, in units that do not depend on the image
 # size: L2 as a root-mean-square change per pixel value, L1 as a share of all pixel values changed
@@ -170,15 +69,6 @@ class ProbeResult:
     def to_dict(self) -> dict:
         return {"success": self.success, "target": self.target, "gap": self.gap, "budget": self.budget,
                 "images": self.images, "seconds": self.seconds, "candidates": [(b, k, g) for b, k, g, _ in self.candidates]}
-
-
-def _normalizer(normalize, channels: int, device, dtype):
-    if normalize is None:
-        return lambda x: x
-    mean, std = (torch.tensor(v, dtype=dtype, device=device) for v in normalize)
-    mean = mean.expand(channels).view(1, -1, 1, 1) if mean.numel() == 1 else mean.view(1, -1, 1, 1)
-    std = std.expand(channels).view(1, -1, 1, 1) if std.numel() == 1 else std.view(1, -1, 1, 1)
-    return lambda x: (x - mean) / std
 
 
 def clip_pixels(x: Tensor) -> Tensor:
@@ -233,7 +123,7 @@ def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, m
     x = images[:max_images].to(device, torch.float32)
     n, c, h, w = x.shape
     dim = c * h * w
-    norm = _normalizer(normalize, c, x.device, x.dtype)
+    norm = normalizer(normalize, x.device, x.dtype)
     with torch.no_grad():
         logits = model(norm(x))
     base, classes = logits.argmax(1), int(logits.shape[1])

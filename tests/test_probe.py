@@ -1,4 +1,4 @@
-"""The class probe and the explained divergence (bdprune.target) against slow references."""
+"""The class probe and the explained divergence (bdprune.probe) against slow references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from _slow_reference import bnp_reference
 
-from bdprune.target import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
+from bdprune.probe import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
                             project_l1)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,7 +86,7 @@ def test_class_probe_shares_and_determinism(bn_model):
 def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
     """Forward: clamp to [0, 1]. Backward: 1 wherever 0 <= x <= 1 (bounds included), 0 outside,
     whatever torch's own clamp does at the bounds (its gradient there changed in 2.14)."""
-    from bdprune.target import clip_pixels
+    from bdprune.probe import clip_pixels
 
     x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
     y = clip_pixels(x)
@@ -110,7 +110,7 @@ def test_persistence_sums_each_class_lead_where_it_leads_by_min_gap():
 
 
 def test_class_triggers_keep_the_leading_candidates_and_the_weak_ones_that_explain(monkeypatch):
-    import bdprune.target as target
+    import bdprune.probe as target
 
     d = [torch.full((1, 2, 2), float(i)) for i in range(5)]
     probe = _probe([("a", 2, 0.4, d[0]), ("b", 2, 0.0, d[1]), ("c", 1, 0.9, d[2]), ("d", 2, 0.05, d[3]), ("e", 2, 0.1, d[4])])
