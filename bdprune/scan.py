@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .archs import ArchSpec, build_model
-from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
+from .archs import ArchSpec
+from .checkpoint import Checkpoint, load_checkpoint
 from .data import ImageSet, check_fits, load_images, parse_normalize
 from .errors import BdpruneError
 from .methods import METHODS, Method, ScoreContext
@@ -75,13 +75,20 @@ def load_model(
     num_classes: int | None = None,
     arch_args: Mapping[str, str] | None = None,
     trust_pickle: bool = False,
+    strip_prefix: str | None = None,
 ) -> LoadedModel:
-    """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error."""
+    """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error.
+
+    The key prefix the model sits under (Lightning's ``model.``, ``module.``, ...) is detected
+    by what fits ``arch``, and entries outside it are left out with a note
+    (:func:`bdprune.fitting.fit_checkpoint`); ``strip_prefix`` (``--strip-prefix``) names it
+    where detection cannot decide."""
+    from .fitting import fit_checkpoint
+
     if not arch:
         raise BdpruneError("--arch is required", hint="pass --arch NAME (`bdprune archs` lists them) or set arch in [tool.bdprune]")
     checkpoint = load_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
-    model, spec = build_model(arch, checkpoint.model_state, num_classes=num_classes, arch_args=dict(arch_args or {}))
-    fit_to_model(model, checkpoint, arch=arch)
+    model, spec = fit_checkpoint(checkpoint, arch, num_classes=num_classes, arch_args=arch_args, strip_prefix=strip_prefix)
     return LoadedModel(model.eval(), checkpoint, arch, spec)
 
 
