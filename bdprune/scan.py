@@ -19,10 +19,13 @@ from .archs import ArchSpec
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import ImageSet, check_fits, load_images, parse_normalize
 from .errors import BdpruneError
+from .imaging import fit_channels
 from .methods import METHODS, Method, ScoreContext
 from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
-from .stats import bn_layers, collect_stats
+from .stats import bn_layers, collect_stats, run_forward
+
+LARGE_AREA = 4  # images over this many times the declared input area need --image-size
 
 
 @dataclass
@@ -92,11 +95,56 @@ def load_model(
     return LoadedModel(model.eval(), checkpoint, arch, spec)
 
 
-def load_samples(path: str | Path, samples: int | None, seed: int) -> ImageSet:
+def load_samples(path: str | Path, samples: int | None, seed: int, *, image_size: object = None) -> ImageSet:
     """Read a data set and draw ``samples`` of it deterministically; when it holds fewer, all
-    of them are used and the returned set's ``notes`` say so."""
+    of them are used and the returned set's ``notes`` say so. An ImageFolder decodes only the
+    files drawn; ``image_size`` (``--image-size``) resizes them (:func:`bdprune.data.load_images`)."""
     check_samples(samples, seed)
-    return load_images(path).subset(samples, seed)
+    return load_images(path, image_size=image_size, samples=samples, seed=seed)
+
+
+def check_input(loaded: LoadedModel, data: ImageSet) -> ImageSet:
+    """``data`` fitted to ``loaded``, checked before any heavy work; every misfit is one clear error.
+
+    Pictures decoded from files take the model's channel count (RGB <-> L as Pillow converts,
+    :func:`bdprune.imaging.fit_channels`); then the channel count must match. Against the input
+    size the architecture declares (``ArchSpec.input_shape``; a timm model's ``pretrained_cfg``):
+    images of that size pass. Images over :data:`LARGE_AREA` times its area are refused unless
+    they were resized on request (``--image-size``, which may name their own size to run them as
+    they are): a CIFAR ResNet fed 224x224 pictures does 49x the work, usually by mistake. Any other
+    size goes once through the model on one image and is refused when it does not fit, so models
+    with a global pool still take other sizes. A size that is only a default (a user factory
+    without ``input_shape``) or a model without a spec is not held to anything."""
+    data = fit_channels(data, loaded.in_channels)
+    check_fits(data, loaded.in_channels)
+    spec = loaded.spec
+    height, width = (int(v) for v in data.images.shape[-2:])
+    if spec is None or not spec.input_declared or (height, width) == tuple(spec.input_shape[1:]):
+        return data
+    _, want_h, want_w = spec.input_shape
+    declared = "x".join(map(str, spec.input_shape))
+    ratio = height * width / (want_h * want_w)
+    if data.resized is None and ratio > LARGE_AREA:
+        raise BdpruneError(
+            f"images are {height}x{width}, {ratio:.0f}x the area of the {declared} input --arch {loaded.arch} declares "
+            "(as many times the time and memory)",
+            path=data.source,
+            hint=f"pass --image-size {want_h},{want_w} to resize them, or --image-size {height},{width} to run them at this size",
+        )
+    param = next(iter(loaded.model.parameters()), None)
+    probe = data.images[:1]
+    if param is not None:
+        probe = probe.to(param.device, param.dtype if param.dtype.is_floating_point else probe.dtype)
+    try:
+        with torch.inference_mode():
+            run_forward(loaded.model, probe)
+    except BdpruneError as exc:
+        raise BdpruneError(
+            f"{exc.message}; --arch {loaded.arch} declares {declared}",
+            path=data.source,
+            hint=f"pass --image-size {want_h},{want_w} to resize them, or data of the model's input size",
+        ) from None
+    return data
 
 
 def check_samples(samples: int | None, seed: int = 0) -> None:
@@ -185,7 +233,7 @@ def score_model(
                 f"--method {method_cls.name} needs --data with {method_cls.data_role} samples",
                 hint="pass --data FILE, or use --method clp (data-free)",
             )
-        check_fits(data, loaded.in_channels)
+        data = check_input(loaded, data)
         if norm is not None and len(norm[0]) not in (1, data.images.shape[1]):
             raise BdpruneError(f"--normalize has {len(norm[0])} means for {data.images.shape[1]}-channel images")
         try:
