@@ -16,3 +16,8 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'bdprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (imported on first use) and the module's own globals, sorted."""
+    return sorted(set(__all__) | set(globals()))

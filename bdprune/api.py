@@ -190,14 +190,15 @@ def scan_checkpoints(checkpoints: Sequence[str | Path], arch: str | None, **opti
 def prune_checkpoint(checkpoint: str | Path, arch: str | None, *, data: str | Path | None = None, samples: int = 500,
                      output: str | Path | None = None, force: bool = False, channels_report: str | Path | None = None,
                      max_acc_drop: float | None = None, val: str | Path | None = None, repair: RepairSettings | str | None = None,
-                     show_progress: bool = True, **settings: Any) -> PruneOutcome:
+                     show_progress: bool = True, image_size: object = None, **settings: Any) -> PruneOutcome:
     """``bdprune prune``: see :func:`bdprune.pruning.prune_checkpoint`; ``settings`` are
     :class:`~bdprune.options.ScanSettings` fields."""
     from .pruning import prune_checkpoint as run
 
     repair = RepairSettings(repair) if isinstance(repair, str) else repair
     return run(checkpoint, ScanSettings(arch=arch, **settings), data=data, samples=samples, output=output, force=force,
-               channels_report=channels_report, max_acc_drop=max_acc_drop, val=val, repair=repair, show_progress=show_progress)
+               channels_report=channels_report, max_acc_drop=max_acc_drop, val=val, repair=repair, show_progress=show_progress,
+               image_size=image_size)
 
 
 def evaluate_checkpoints(
@@ -214,11 +215,14 @@ def evaluate_checkpoints(
     num_classes: int | None = None,
     arch_args: Mapping[str, str] | None = None,
     trust_pickle: bool = False,
+    strip_prefix: str | None = None,
+    image_size: object = None,
 ) -> list[EvalResult]:
-    """``bdprune eval``: ACC (and ASR with a trigger or a poisoned set) of each checkpoint on the same data."""
+    """``bdprune eval``: ACC (and ASR with a trigger or a poisoned set) of each checkpoint on the same
+    data (resized to ``image_size`` when given)."""
     from .data import check_fits, load_images
     from .normalize import parse_normalize
-    from .scan import load_model
+    from .scan import check_input, load_model
     from .triggers import parse_trigger
 
     if trigger is not None and poisoned is not None:
@@ -228,15 +232,17 @@ def evaluate_checkpoints(
     check_batch_size(batch_size)
     trig = parse_trigger(trigger) if trigger is not None else None
     dev, norm = resolve_device(device), parse_normalize(normalize)
-    clean = load_images(data)
-    poisoned_set = load_images(poisoned) if poisoned is not None else None
+    clean = load_images(data, image_size=image_size)
+    poisoned_set = load_images(poisoned, image_size=image_size) if poisoned is not None else None
     results = []
     for path in checkpoints:
-        loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle)
-        check_fits(clean, loaded.in_channels, loaded.num_classes)
+        loaded = load_model(path, arch, num_classes=num_classes, arch_args=arch_args, trust_pickle=trust_pickle, strip_prefix=strip_prefix)
+        fitted = check_input(loaded, clean)
+        check_fits(fitted, loaded.in_channels, loaded.num_classes)
         if target is not None and loaded.num_classes is not None and not 0 <= target < loaded.num_classes:
             raise BdpruneError(f"--target {target} is not a class of this model (0..{loaded.num_classes - 1})")
-        results.append(evaluate_model(loaded.model, clean, checkpoint=str(path), target=target, trigger=trig, poisoned=poisoned_set,
+        results.append(evaluate_model(loaded.model, fitted, checkpoint=str(path), target=target, trigger=trig,
+                                      poisoned=None if poisoned_set is None else check_input(loaded, poisoned_set),
                                       device=dev, batch_size=batch_size, normalize=norm))
     return results
 

@@ -2,11 +2,16 @@
 
 Only two decoders ever touch a checkpoint's bytes: safetensors, and ``torch.load`` with
 ``weights_only=True`` (a restricted unpickler that builds tensors and plain containers and refuses
-everything else). A full pickle is opened only when the caller passes ``trust_pickle=True``.
+everything else; bdprune also lets it build ``argparse.Namespace``, the plain attribute bag timm's
+train.py saves its arguments in, whose contents it still checks). A full pickle is opened only
+when the caller passes ``trust_pickle=True``. A sharded checkpoint (a ``*.index.json`` beside its
+shards, :mod:`bdprune.shards`) is read shard by shard with the same two decoders.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -19,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BdpruneError
+from .shards import find_index, load_shards, sharded_sha256
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "network", "weights")
 COMPILE_AND_PARALLEL_PREFIXES = ("module.", "_orig_mod.")
@@ -30,8 +36,9 @@ class Checkpoint:
     """A state_dict read from ``path``.
 
     ``tensors`` keeps the file's own key names; ``prefix`` is what was stripped to get the names
-    the architecture uses (``module.``, ``_orig_mod.``), and ``wrapper_key`` the dict key the
-    state_dict sat under, if any.
+    the architecture uses (``module.``, ``_orig_mod.``, or what :func:`bdprune.fitting.fit_checkpoint`
+    chose, e.g. Lightning's ``model.``), and ``wrapper_key`` the dict key the state_dict sat under,
+    if any. Entries outside ``prefix`` (:attr:`outside`) are not part of the model.
     """
 
     path: Path
@@ -42,9 +49,14 @@ class Checkpoint:
 
     @property
     def model_state(self) -> dict[str, Tensor]:
-        """The state_dict with the wrapper prefix removed: the names the architecture uses."""
+        """The entries under the prefix, with the prefix removed: the names the architecture uses."""
         n = len(self.prefix)
-        return {k[n:]: v for k, v in self.tensors.items()}
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(self.prefix)}
+
+    @property
+    def outside(self) -> list[str]:
+        """The file's keys that are not under the prefix (a loss's weight, a teacher copy): never loaded."""
+        return [k for k in self.tensors if not k.startswith(self.prefix)]
 
     def file_key(self, model_key: str) -> str:
         """The file's key name for an architecture key name."""
@@ -52,9 +64,16 @@ class Checkpoint:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks; for a sharded checkpoint (its index
+    or the folder holding it), of the index followed by its shards (:func:`bdprune.shards.sharded_sha256`)."""
     import hashlib
 
+    try:
+        index = find_index(path)
+    except BdpruneError:  # a folder of several indexes is no one checkpoint: hashing it fails below
+        index = None
+    if index is not None:
+        return sharded_sha256(index)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,34 +82,52 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Checkpoint:
-    """Read a checkpoint file into a :class:`Checkpoint`, executing nothing from it."""
+    """Read a checkpoint file into a :class:`Checkpoint`, executing nothing from it.
+
+    ``path`` is a file, or a sharded checkpoint: its ``*.index.json`` or the folder holding it,
+    whose shards are read and merged. Of a dict wrapping several state_dicts the one under the
+    first of :data:`WRAPPER_KEYS` is used (timm's ``state_dict`` over ``state_dict_ema``) and a
+    note names the others."""
     path = Path(path)
     try:
-        _check_readable(path)
-        if path.stat().st_size == 0:
-            raise BdpruneError("the file is empty", path=path, hint="pass a non-empty checkpoint")
-        if path.suffix == ".safetensors" or _looks_like_safetensors(path):
-            raw: object = _load_safetensors(path)
+        index = find_index(path)
+        if index is not None:
+            _check_readable(index)
+            raw: object = load_shards(index, lambda shard: _unwrap(_read_file(shard, trust_pickle), shard)[0])
         else:
-            raw = _load_torch(path, trust_pickle=trust_pickle)
+            raw = _read_file(path, trust_pickle)
     except OSError as exc:  # a name too long, an I/O error, a file that vanished: still the user's path
         raise BdpruneError(f"cannot be read ({exc.strerror or exc})", path=path, hint="check the path") from None
-    tensors, wrapper_key = _unwrap(raw, path)
+    tensors, wrapper_key, unused = _unwrap(raw, path)
     notes = []
     if wrapper_key is not None:
         notes.append(f"using the state_dict under key {wrapper_key!r}")
-    tensors = {k: v for k, v in tensors.items()}
+    if unused:
+        notes.append(f"{', '.join(map(repr, unused))} {'was' if len(unused) == 1 else 'were'} not used")
     prefix = _common_prefix(tensors)
     if prefix:
         notes.append(f"stripping key prefix {prefix!r}")
     return Checkpoint(path=path, tensors=tensors, prefix=prefix, wrapper_key=wrapper_key, notes=notes)
 
 
+def _read_file(path: Path, trust_pickle: bool) -> object:
+    _check_readable(path)
+    if path.stat().st_size == 0:
+        raise BdpruneError("the file is empty", path=path, hint="pass a non-empty checkpoint")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        return _load_safetensors(path)
+    return _load_torch(path, trust_pickle=trust_pickle)
+
+
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise BdpruneError("no such file", path=path, hint="check the path")
     if path.is_dir():
-        raise BdpruneError("is a directory, not a checkpoint file", path=path, hint="pass the .pt/.safetensors file inside it")
+        raise BdpruneError(
+            "is a directory, not a checkpoint file",
+            path=path,
+            hint="pass the .pt/.safetensors file inside it, or a folder holding a sharded checkpoint's *.index.json",
+        )
     if not os.access(path, os.R_OK):
         raise BdpruneError("permission denied", path=path, hint="make the file readable (chmod u+r)")
 
@@ -117,7 +154,7 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 
 def _load_torch(path: Path, *, trust_pickle: bool) -> object:
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the user cannot act on it
+        with warnings.catch_warnings(), _harmless_globals():  # torch warns about pickle protocols; the user cannot act on it
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:
@@ -136,6 +173,14 @@ def _load_torch(path: Path, *, trust_pickle: bool) -> object:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     return obj
+
+
+def _harmless_globals():
+    """Let the weights-only unpickler build ``argparse.Namespace`` (an attribute bag: constructing
+    one runs no code, and everything inside it is still checked); torch 2.4 has no scoped way, so
+    there such files are refused as before."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped([argparse.Namespace]) if scoped is not None else contextlib.nullcontext()
 
 
 def _refused_by_safe_unpickler(exc: BaseException) -> bool:
@@ -159,7 +204,8 @@ def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and any(isinstance(v, Tensor) for v in obj.values())
 
 
-def _unwrap(obj: object, path: Path) -> tuple[dict[str, Tensor], str | None]:
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, Tensor], str | None, list[str]]:
+    """(tensors, the key they sat under or None, the other tensor dicts left unused)."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
@@ -167,16 +213,16 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, Tensor], str | None]:
             f"holds a {type(obj).__name__}, not a state_dict", path=path, hint="save model.state_dict() and pass that file"
         )
     if all(isinstance(v, Tensor) for v in obj.values()) and obj:
-        return _tensors_only(obj, path), None
+        return _tensors_only(obj, path), None, []
+    nested = [k for k, v in obj.items() if _is_tensor_dict(v)]
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, nn.Module):
             inner = inner.state_dict()
         if _is_tensor_dict(inner):
-            return _tensors_only(inner, path), key
-    nested = [k for k, v in obj.items() if _is_tensor_dict(v)]
+            return _tensors_only(inner, path), key, [str(k) for k in nested if k != key]
     if len(nested) == 1:
-        return _tensors_only(obj[nested[0]], path), str(nested[0])
+        return _tensors_only(obj[nested[0]], path), str(nested[0]), []
     if len(nested) > 1:
         raise BdpruneError(
             f"holds several tensor dicts ({', '.join(map(str, nested[:4]))}) and none is called state_dict",
@@ -184,7 +230,7 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, Tensor], str | None]:
             hint="save the model's state_dict alone",
         )
     if _is_tensor_dict(obj):
-        return _tensors_only(obj, path), None
+        return _tensors_only(obj, path), None, []
     raise BdpruneError("holds no tensors", path=path, hint="pass a checkpoint saved with torch.save(model.state_dict(), ...)")
 
 
@@ -231,34 +277,68 @@ def _common_prefix(tensors: Mapping[str, Tensor]) -> str:
             return prefix
 
 
-def fit_to_model(model: nn.Module, checkpoint: Checkpoint, *, arch: str) -> None:
-    """Load ``checkpoint`` into ``model`` strictly; on any mismatch raise one clear error.
+@dataclass
+class Mismatch:
+    """How a state_dict differs from the one a model expects (``num_batches_tracked`` may be missing)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    misshaped: list[str]
+
+    @property
+    def fits(self) -> bool:
+        """Every expected key is there with its shape, and nothing else is."""
+        return not (self.missing or self.unexpected or self.misshaped)
+
+    @property
+    def covers(self) -> bool:
+        """Every expected key is there with its shape (there may be more)."""
+        return not (self.missing or self.misshaped)
+
+    def describe(self) -> str:
+        """``"2 missing: a, b; 1 unexpected: c"``: the first three of each kind, the rest counted."""
+        parts = []
+        for label, items in (("missing", self.missing), ("unexpected", self.unexpected), ("mis-shaped", self.misshaped)):
+            if items:
+                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+        return "; ".join(parts)
+
+
+def key_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> Mismatch:
+    """Compare ``state`` with a model's ``expected`` state_dict by name and shape."""
+    return Mismatch(
+        missing=[k for k in expected if k not in state and not k.endswith("num_batches_tracked")],
+        unexpected=[k for k in state if k not in expected],
+        misshaped=[
+            f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape
+        ],
+    )
+
+
+def fit_to_model(model: nn.Module, checkpoint: Checkpoint, *, arch: str, suggestion: str | None = None) -> None:
+    """Load ``checkpoint`` (its entries under the prefix) into ``model`` strictly; on any mismatch
+    raise one clear error, naming ``suggestion`` (another ``--arch`` the keys fit) when given.
 
     A missing ``num_batches_tracked`` is tolerated (many exporters drop it); everything else must
     match by name and shape.
     """
     state = checkpoint.model_state
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-        classifier_only = not missing and not unexpected and all(_is_classifier_key(m) for m in misshaped)
+    mismatch = key_mismatch(expected, state)
+    if not mismatch.fits:
+        classifier_only = not mismatch.missing and not mismatch.unexpected and all(_is_classifier_key(m) for m in mismatch.misshaped)
         hint = (
             "pass --num-classes to match the checkpoint's classifier"
             if classifier_only
             else "is --arch right? `bdprune archs` lists them; --num-classes and --arch-arg adjust a family"
         )
-        raise BdpruneError(f"does not fit --arch {arch}: {'; '.join(parts)}", path=checkpoint.path, hint=hint)
+        under = f" (keys under {checkpoint.prefix!r})" if checkpoint.prefix else ""
+        also = ""
+        if suggestion:
+            also = f"; its keys fit --arch {suggestion}"
+            hint = f"pass --arch {suggestion}; `bdprune archs` lists the built-ins; --num-classes and --arch-arg adjust a family"
+        raise BdpruneError(f"does not fit --arch {arch}{under}: {mismatch.describe()}{also}", path=checkpoint.path, hint=hint)
     merged = dict(expected)
     merged.update({k: v for k, v in state.items()})
     try:

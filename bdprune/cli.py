@@ -45,6 +45,8 @@ MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, e
 UOpt = Annotated[Optional[float], typer.Option("--u", "-u", help="Threshold: standard deviations per layer (bnp/ep/clp, default 3) or over the network (bnp+); the largest mask pruned (anp/rnp, default 0.2).", show_default=False)]
 MethodArgOpt = Annotated[Optional[List[str]], typer.Option("--method-arg", help="key=value setting of the method, e.g. iterations=500 for anp (repeatable; `bdprune methods` lists them).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full pickles (can run code from the file). Only for files you trust.")]
+StripPrefixOpt = Annotated[Optional[str], typer.Option("--strip-prefix", help="Key prefix the model's weights sit under (e.g. model.), where detection cannot decide; entries outside it are left out.")]
+ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", help="Resize the images to H[,W]: shorter side, then a centre crop (also runs images far larger than the architecture's input at the size given).")]
 
 
 def _version(value: bool) -> None:
@@ -155,6 +157,8 @@ def scan(
     use_ray: Annotated[bool, typer.Option("--ray", help="One Ray task per checkpoint, on the cluster at RAY_ADDRESS or a new local one (needs bdprune[ray]; every node must see the checkpoint paths).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Run the Ray tasks on the existing cluster at ADDRESS (implies --ray).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="With --format jsonl: skip checkpoints whose SHA-256 has a row without an error in FILE (an earlier run's report) and append the new rows to FILE.")] = None,
+    strip_prefix: StripPrefixOpt = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Score every BatchNorm channel, report the most suspicious, and give each checkpoint a verdict.
 
@@ -179,7 +183,7 @@ def scan(
                 strict=not streaming, on_row=None if sink is None else (lambda row: sink.write(jsonl_row(row.outcome, row.sha256))),
                 method=method, u=u, seed=seed, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
                 arch_args=_key_values(arch_arg), trust_pickle=trust_pickle, fail_threshold=fail_threshold,
-                method_args=_key_values(method_arg, "--method-arg"),
+                method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size,
             )
         finally:
             if sink is not None:
@@ -267,6 +271,8 @@ def prune(
     num_classes: NumClassesOpt = None,
     arch_arg: ArchArgOpt = None,
     trust_pickle: TrustOpt = False,
+    strip_prefix: StripPrefixOpt = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Zero the flagged channels (BNP/EP: BN weight; CLP: weight and bias) and write a safetensors file."""
 
@@ -282,7 +288,7 @@ def prune(
             checkpoint, arch, data=data, samples=samples, output=output, force=force, channels_report=channels, max_acc_drop=max_acc_drop,
             val=val, repair=RepairSettings(repair, repair_epochs, repair_lr), method=method, u=u, seed=seed, normalize=normalize,
             device=device, batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
-            method_args=_key_values(method_arg, "--method-arg"),
+            method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size,
         )
         for note in outcome.notes:
             _note(note)
@@ -324,6 +330,8 @@ def evaluate(
     num_classes: NumClassesOpt = None,
     arch_arg: ArchArgOpt = None,
     trust_pickle: TrustOpt = False,
+    strip_prefix: StripPrefixOpt = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Clean accuracy (ACC) and attack success rate (ASR), optionally before / after side by side."""
 
@@ -334,7 +342,7 @@ def evaluate(
         results = evaluate_checkpoints(
             [checkpoint] + ([compare] if compare else []), arch, data=data, target=target, trigger=trigger,
             poisoned=poisoned, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
-            arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
+            arch_args=_key_values(arch_arg), trust_pickle=trust_pickle, strip_prefix=strip_prefix, image_size=image_size,
         )
         print_eval(results, output_format)
         return 0

@@ -31,6 +31,10 @@ class ImageSet:
     """Images (N x C x H x W float32 in [0, 1]) with optional labels, and where they came from.
 
     ``notes`` are things the user should hear about the data (e.g. fewer samples than asked for).
+    ``resized`` is the ``(H, W)`` the images were brought to on request (``--image-size``), None
+    when they are the source's own size. ``from_image_files``: decoded from picture files (an
+    ImageFolder), so their channel count is a Pillow mode that may be converted for the model
+    (:func:`bdprune.imaging.fit_channels`).
     """
 
     images: Tensor
@@ -38,6 +42,8 @@ class ImageSet:
     source: Path
     extra: dict[str, Tensor] | None = None
     notes: list[str] = field(default_factory=list)
+    resized: tuple[int, int] | None = None
+    from_image_files: bool = False
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -48,20 +54,43 @@ class ImageSet:
         Asking for more samples than there are uses all of them and adds a note saying so.
         """
         if n is not None and n > len(self):
-            note = f"{self.source} holds {len(self)} samples, fewer than --samples {n}: using all {len(self)}"
-            return replace(self, notes=[*self.notes, note])
-        if n is None or n >= len(self):
+            return replace(self, notes=[*self.notes, fewer_note(self.source, len(self), n)])
+        idx = sample_indices(len(self), n, seed)
+        if idx is None:
             return self
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=g)[:n].sort().values
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         extra = None if self.extra is None else {k: v[idx] for k, v in self.extra.items()}
-        return ImageSet(self.images[idx], pick(self.labels), self.source, extra, list(self.notes))
+        return replace(self, images=self.images[idx], labels=pick(self.labels), extra=extra, notes=list(self.notes))
 
 
-def load_images(path: str | Path) -> ImageSet:
-    """Read ``path``: an ``.npz`` file, an ImageFolder directory or a CIFAR-10 batch file/directory."""
+def sample_indices(total: int, n: int | None, seed: int) -> Tensor | None:
+    """The sorted indices :meth:`ImageSet.subset` keeps of ``total`` items, or None for all of them."""
+    if n is None or n >= total:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=g)[:n].sort().values
+
+
+def fewer_note(source: Path, total: int, n: int) -> str:
+    """The note for a source holding fewer samples than ``--samples`` asks for."""
+    return f"{source} holds {total} samples, fewer than --samples {n}: using all {total}"
+
+
+def load_images(
+    path: str | Path, *, image_size: object = None, samples: int | None = None, seed: int = 0
+) -> ImageSet:
+    """Read ``path``: an ``.npz`` file, an ImageFolder directory or a CIFAR-10 batch file/directory.
+
+    ``samples``: draw that many (all when None) exactly as ``load_images(path).subset(samples,
+    seed)`` would, but an ImageFolder decodes only the files drawn, so a folder of 100,000
+    pictures costs what the samples cost. ``image_size`` (``S``, ``"H,W"`` or a pair, see
+    :func:`bdprune.imaging.parse_image_size`) resizes every image to cover it and cuts out the
+    centre (bdprune.imaging); without it the images of a folder must all have one size.
+    """
+    from .imaging import parse_image_size, resized
+
     path = Path(path)
+    size = parse_image_size(image_size)
     try:
         if not path.exists():
             raise BdpruneError("no such data file or directory", path=path, hint="check --data")
@@ -69,13 +98,15 @@ def load_images(path: str | Path) -> ImageSet:
             if any(path.glob("data_batch_*")) or (path / "test_batch").exists():
                 data = _load_cifar_dir(path)
             else:
-                data = _load_image_folder(path)
+                data = _load_image_folder(path, size=size, samples=samples, seed=seed)
         elif path.name.startswith(("data_batch", "test_batch")):
             data = _cifar_batches([path], path)
         else:
             data = _load_npz(path)
     except OSError as exc:  # a name too long, an unreadable folder, an I/O error
         raise BdpruneError(f"cannot be read ({exc.strerror or exc})", path=path, hint="check --data") from None
+    if not data.from_image_files:  # arrays: draw first, then resize only the samples
+        data = resized(data.subset(samples, seed), size)
     _check_images(data)
     return data
 
@@ -153,9 +184,7 @@ def _to_nchw_float(array: np.ndarray, path: Path) -> Tensor:
     return images
 
 
-def _load_image_folder(path: Path) -> ImageSet:
-    from PIL import Image
-
+def _load_image_folder(path: Path, *, size: tuple[int, int] | None, samples: int | None, seed: int) -> ImageSet:
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []
     for label, class_dir in enumerate(classes):
@@ -166,21 +195,43 @@ def _load_image_folder(path: Path) -> ImageSet:
         raise BdpruneError(
             "holds no images", path=path, hint="use one sub-folder per class with image files inside (ImageFolder layout)"
         )
-    arrays = []
-    for file, _ in files:
-        try:
-            with Image.open(file) as img:
-                arrays.append(np.asarray(img.convert("RGB" if img.mode not in ("L", "1", "I;16") else "L")))
-        except Exception as exc:  # PIL raises many types (and DecompressionBombError) for bad files
-            raise BdpruneError(f"cannot read image ({exc.__class__.__name__})", path=file, hint="remove or fix the file") from None
-    shapes = {a.shape for a in arrays}
+    notes = [fewer_note(path, len(files), samples)] if samples is not None and samples > len(files) else []
+    idx = sample_indices(len(files), samples, seed)
+    if idx is not None:  # decode only the files drawn
+        files = [files[i] for i in idx.tolist()]
+    arrays = [_decode(file, size) for file, _ in files]
+    shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
+        counts = {s: sum(a.shape[:2] == s for a in arrays) for s in shapes}
+        shown = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(counts.items(), key=lambda kv: -kv[1])[:4])
+        more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
         raise BdpruneError(
-            f"holds images of {len(shapes)} different sizes", path=path, hint="resize the images to the model's input size"
+            f"holds images of {len(shapes)} different sizes: {shown}{more}",
+            path=path,
+            hint="pass --image-size H[,W] to resize them (shorter side, then a centre crop), e.g. the model's input size",
         )
-    images = _to_nchw_float(np.stack(arrays), path)
+    if any(a.ndim == 3 for a in arrays):  # a greyscale picture among RGB ones becomes RGB, as convert("RGB") does
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    stacked = np.stack(arrays)  # N x H x W or N x H x W x 3 by construction: no guessing from the shape
+    images = _to_nchw_float(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2), path)
     labels = torch.tensor([lab for _, lab in files]) if classes else None
-    return ImageSet(images, labels, path)
+    return ImageSet(images, labels, path, notes=notes, resized=size, from_image_files=True)
+
+
+def _decode(file: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """One picture as an H x W (greyscale) or H x W x 3 uint8 array, resized to ``size`` if given."""
+    from PIL import Image
+
+    from .imaging import resize_picture
+
+    try:
+        with Image.open(file) as img:
+            picture = img.convert("RGB" if img.mode not in ("L", "1", "I;16") else "L")
+            if size is not None:
+                picture = resize_picture(picture, size)
+            return np.asarray(picture)
+    except Exception as exc:  # PIL raises many types (and DecompressionBombError) for bad files
+        raise BdpruneError(f"cannot read image ({exc.__class__.__name__})", path=file, hint="remove or fix the file") from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -13,31 +13,37 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from .data import ImageSet, _check_images, _labels, _to_nchw_float, load_images
+from .data import ImageSet, _check_images, _labels, _to_nchw_float, load_images, sample_indices
 from .errors import BdpruneError
+from .imaging import parse_image_size, resized
 
 DATA_HINT = "pass a tensor N x C x H x W, an (images, labels) pair, a Dataset, a DataLoader or a data file"
 
 
-def as_image_set(data: Any, labels: Any = None, *, samples: int | None, seed: int) -> ImageSet:
+def as_image_set(data: Any, labels: Any = None, *, samples: int | None, seed: int, image_size: object = None) -> ImageSet:
     """``data`` as an ImageSet of at most ``samples`` images (all when None).
 
     Tensors, arrays, Datasets and files are sampled as ``--samples``/``--seed`` sample a file (the
     same draw); a DataLoader or an iterable Dataset is read in its own order until ``samples``
-    images are in hand, so shuffle it yourself for a random draw."""
-    from torch.utils.data import DataLoader, Dataset, IterableDataset
-
+    images are in hand, so shuffle it yourself for a random draw. ``image_size`` resizes the
+    samples as ``--image-size`` does (:mod:`bdprune.imaging`)."""
+    size = parse_image_size(image_size)
     if samples is not None and samples < 1:
         raise BdpruneError(f"samples must be at least 1, got {samples}")
     if labels is not None and not isinstance(data, (Tensor, np.ndarray)):
         raise BdpruneError("labels= goes with a tensor or array of images", hint="a Dataset or DataLoader carries its own labels")
+    if isinstance(data, (str, os.PathLike)):
+        return load_images(data, samples=samples, seed=seed, image_size=size)
+    return resized(_as_image_set(data, labels, samples=samples, seed=seed), size)
+
+
+def _as_image_set(data: Any, labels: Any, *, samples: int | None, seed: int) -> ImageSet:
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
     if isinstance(data, ImageSet):
         return data.subset(samples, seed)
-    if isinstance(data, (str, os.PathLike)):
-        return load_images(data).subset(samples, seed)
     if isinstance(data, (Tensor, np.ndarray)):
         return _from_arrays(data, labels, Path("<tensor>")).subset(samples, seed)
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (Tensor, np.ndarray)):
@@ -87,11 +93,8 @@ def _from_dataset(dataset: Any, samples: int | None, seed: int, source: Path) ->
     n = len(dataset)
     if n == 0:
         raise BdpruneError("holds no images", path=source, hint=DATA_HINT)
-    if samples is None or samples >= n:
-        idx = list(range(n))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=g)[:samples].sort().values.tolist()
+    drawn = sample_indices(n, samples, seed)
+    idx = list(range(n)) if drawn is None else drawn.tolist()
     data = _from_items((dataset[i] for i in idx), None, source)
     if samples is not None and samples > n:
         data.notes.append(f"{source} holds {n} samples, fewer than samples={samples}: using all {n}")

@@ -43,6 +43,7 @@ class ScanSettings:
     trust_pickle: bool = False
     fail_threshold: float | None = None
     method_args: Mapping[str, str] | None = None
+    strip_prefix: str | None = None  # the key prefix of the model's weights, where detection cannot decide
 
     def resolve(self, *, has_data: bool, device: torch.device | None = None) -> "Resolved":
         """Check every value and resolve it (``device`` overrides the setting, e.g. the device an
@@ -70,6 +71,13 @@ class ScanSettings:
         if not self.arch:
             raise BdpruneError("--arch is required", hint=ARCH_HINT)
         return self.arch
+
+    def load(self, path):
+        """The checkpoint at ``path`` loaded into the architecture (:func:`bdprune.scan.load_model`)."""
+        from .scan import load_model
+
+        return load_model(path, self.require_arch(), num_classes=self.num_classes, arch_args=self.arch_args,
+                          trust_pickle=self.trust_pickle, strip_prefix=self.strip_prefix)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Like ``torch.fx.experimental.optimization.fuse``: trace the model symbolically a
 node with the module node whose output is its input. Registration order is never used, so
 pre-activation blocks (BN before conv) and modules registered out of order pair correctly, and a
 BN fed by anything else (an addition, the network input) is reported as unpaired.
+
+Every BatchNorm is traced as one leaf module, subclasses included: timm's ``BatchNormAct2d``
+(BN, then an activation, in one module) and any home-made subclass would otherwise be traced
+through into ``F.batch_norm`` calls, leaving no BN module for a conv to feed.
 """
 
 from __future__ import annotations
@@ -27,11 +31,9 @@ class Pairing:
 
 
 def pair_conv_bn(model: nn.Module) -> Pairing:
-    """Pair every BN layer of ``model`` with the conv/linear module that feeds it."""
-    import torch.fx
-
+    """Pair every BN layer of ``model`` (any ``_BatchNorm`` subclass) with the conv/linear module that feeds it."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _tracer().trace(model)
     except Exception as exc:  # tracing fails on data-dependent control flow
         raise BdpruneError(
             f"torch.fx cannot trace this architecture to find conv->BN pairs ({type(exc).__name__}: {str(exc)[:120]})",
@@ -60,3 +62,14 @@ def pair_conv_bn(model: nn.Module) -> Pairing:
         if isinstance(module, _BatchNorm) and name not in seen:
             result.unpaired[name] = "it is never called in forward()"
     return result
+
+
+def _tracer():
+    """torch.fx's tracer, with every BatchNorm (subclasses too) kept as one call_module node."""
+    import torch.fx
+
+    class BatchNormLeafTracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return isinstance(m, _BatchNorm) or super().is_leaf_module(m, module_qualified_name)
+
+    return BatchNormLeafTracer()

@@ -25,8 +25,12 @@ from .stats import bn_layers
 
 
 def default_output(checkpoint: Path) -> Path:
-    """``<stem>.pruned.safetensors`` beside the input."""
-    return checkpoint.with_name(f"{checkpoint.stem}.pruned.safetensors")
+    """``<stem>.pruned.safetensors`` beside the input (for a shard index ``model.safetensors.index.json``:
+    ``model.pruned.safetensors``)."""
+    stem = checkpoint.stem
+    if checkpoint.name.endswith(".index.json"):
+        stem = Path(checkpoint.name[: -len(".index.json")]).stem
+    return checkpoint.with_name(f"{stem}.pruned.safetensors")
 
 
 def check_channels(

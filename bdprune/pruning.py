@@ -23,7 +23,7 @@ from .options import Resolved, ScanSettings, check_samples
 from .prune import Fill, channels_from_report, check_channels, default_output, mask_model, masked_tensors, model_tensors, \
     pruning_metadata, write_safetensors
 from .repair import RepairSettings, clean_accuracy, find_triggers, repair_model
-from .scan import load_model, load_samples, score_model
+from .scan import check_input, load_samples, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
@@ -164,6 +164,7 @@ def prune_checkpoint(
     val: str | Path | None = None,
     repair: RepairSettings | None = None,
     show_progress: bool = True,
+    image_size: object = None,
 ) -> PruneOutcome:
     """``bdprune prune``: prune the channels a scan with ``settings`` flags (or ``channels_report``
     lists) and write ``output`` as safetensors (default ``<stem>.pruned.safetensors``).
@@ -171,7 +172,8 @@ def prune_checkpoint(
     ``max_acc_drop`` chooses the amount from a clean-accuracy budget on ``val`` (u for the
     per-layer methods; k for bnp+, which always uses a budget, and for anp/rnp, which measure on
     ``data`` unless ``val`` is given). ``repair`` then recovers the pruned model on the clean
-    samples (``val`` if given, else ``data``), keeping pruned channels pruned."""
+    samples (``val`` if given, else ``data``), keeping pruned channels pruned. ``image_size``
+    (``--image-size``) resizes every data set read."""
     from .atomic import check_output_path
 
     checkpoint = Path(checkpoint)
@@ -183,9 +185,9 @@ def prune_checkpoint(
     repair_data = val if val is not None else data
     check_samples(samples, settings.seed)
     check_output_path(out, inputs=tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None), force=force)
-    loaded = load_model(checkpoint, settings.require_arch(), num_classes=settings.num_classes, arch_args=settings.arch_args,
-                        trust_pickle=settings.trust_pickle)
-    images = load_samples(data, samples, settings.seed) if data is not None else None
+    loaded = settings.load(checkpoint)
+    read = lambda path, n: check_input(loaded, load_samples(path, n, settings.seed, image_size=image_size))  # noqa: E731
+    images = read(data, samples) if data is not None else None
     if channels_report is not None:
         choice, samples_used, total, method_name = _reported_choice(Path(channels_report), checkpoint, settings.method)
         extra: dict[str, str] = {}
@@ -193,7 +195,7 @@ def prune_checkpoint(
         result = score_model(loaded, images, resolved, show_progress=show_progress)
         val_set = None
         if max_acc_drop is not None:  # bnp+, anp, rnp measure on the scanned samples themselves unless --val is given
-            val_set = images if by_k and val == data else load_samples(val, None, settings.seed)
+            val_set = images if by_k and val == data else read(val, None)
         choice = choose_channels(loaded.model, result, resolved, max_acc_drop=max_acc_drop, by_k=by_k, val=val_set)
         choice.notes[:0] = result.notes
         samples_used, total, method_name = result.samples, result.channels_total, result.method
@@ -201,7 +203,7 @@ def prune_checkpoint(
     check_channels(loaded.model, choice.channels, choice.params, fill=choice.fill, source=channels_report)
     clean = None
     if repair.mode != "none":
-        clean = images if repair_data == data else load_samples(repair_data, None, settings.seed)
+        clean = images if repair_data == data else read(repair_data, None)
     model, repair_acc, repair_notes, repair_meta = prune_and_repair(loaded.model, choice, repair, clean, resolved, show_progress=show_progress)
     tensors = masked_tensors(loaded.checkpoint, choice.channels, choice.params, choice.fill) if repair.mode == "none" \
         else model_tensors(loaded.checkpoint, model)

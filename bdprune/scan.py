@@ -16,16 +16,19 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .archs import ArchSpec, build_model
-from .checkpoint import Checkpoint, fit_to_model, load_checkpoint
+from .archs import ArchSpec
+from .checkpoint import Checkpoint, load_checkpoint
 from .data import ImageSet, check_fits, load_images
 from .normalize import check_channels
 from .options import Resolved, check_samples
 from .errors import BdpruneError
+from .imaging import fit_channels
 from .methods import ScoreContext
 from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
-from .stats import bn_layers, collect_stats
+from .stats import bn_layers, collect_stats, run_forward
+
+LARGE_AREA = 4  # images over this many times the declared input area need --image-size
 
 
 @dataclass
@@ -57,21 +60,74 @@ def load_model(
     num_classes: int | None = None,
     arch_args: Mapping[str, str] | None = None,
     trust_pickle: bool = False,
+    strip_prefix: str | None = None,
 ) -> LoadedModel:
-    """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error."""
+    """Read a checkpoint safely and load it into ``arch``; every mismatch is one clear error.
+
+    The key prefix the model sits under (Lightning's ``model.``, ``module.``, ...) is detected
+    by what fits ``arch``, and entries outside it are left out with a note
+    (:func:`bdprune.fitting.fit_checkpoint`); ``strip_prefix`` (``--strip-prefix``) names it
+    where detection cannot decide."""
+    from .fitting import fit_checkpoint
+    from .options import ARCH_HINT
+
     if not arch:
-        raise BdpruneError("--arch is required", hint="pass --arch NAME (`bdprune archs` lists them) or set arch in [tool.bdprune]")
+        raise BdpruneError("--arch is required", hint=ARCH_HINT)
     checkpoint = load_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
-    model, spec = build_model(arch, checkpoint.model_state, num_classes=num_classes, arch_args=dict(arch_args or {}))
-    fit_to_model(model, checkpoint, arch=arch)
+    model, spec = fit_checkpoint(checkpoint, arch, num_classes=num_classes, arch_args=arch_args, strip_prefix=strip_prefix)
     return LoadedModel(model.eval(), checkpoint, arch, spec)
 
 
-def load_samples(path: str | Path, samples: int | None, seed: int) -> ImageSet:
+def load_samples(path: str | Path, samples: int | None, seed: int, *, image_size: object = None) -> ImageSet:
     """Read a data set and draw ``samples`` of it deterministically; when it holds fewer, all
-    of them are used and the returned set's ``notes`` say so."""
+    of them are used and the returned set's ``notes`` say so. An ImageFolder decodes only the
+    files drawn; ``image_size`` (``--image-size``) resizes them (:func:`bdprune.data.load_images`)."""
     check_samples(samples, seed)
-    return load_images(path).subset(samples, seed)
+    return load_images(path, image_size=image_size, samples=samples, seed=seed)
+
+
+def check_input(loaded: LoadedModel, data: ImageSet) -> ImageSet:
+    """``data`` fitted to ``loaded``, checked before any heavy work; every misfit is one clear error.
+
+    Pictures decoded from files take the model's channel count (RGB <-> L as Pillow converts,
+    :func:`bdprune.imaging.fit_channels`); then the channel count must match. Against the input
+    size the architecture declares (``ArchSpec.input_shape``; a timm model's ``pretrained_cfg``):
+    images of that size pass. Images over :data:`LARGE_AREA` times its area are refused unless
+    they were resized on request (``--image-size``, which may name their own size to run them as
+    they are): a CIFAR ResNet fed 224x224 pictures does 49x the work, usually by mistake. Any other
+    size goes once through the model on one image and is refused when it does not fit, so models
+    with a global pool still take other sizes. A size that is only a default (a user factory
+    without ``input_shape``) or a model without a spec is not held to anything."""
+    data = fit_channels(data, loaded.in_channels)
+    check_fits(data, loaded.in_channels)
+    spec = loaded.spec
+    height, width = (int(v) for v in data.images.shape[-2:])
+    if spec is None or not spec.input_declared or (height, width) == tuple(spec.input_shape[1:]):
+        return data
+    _, want_h, want_w = spec.input_shape
+    declared = "x".join(map(str, spec.input_shape))
+    ratio = height * width / (want_h * want_w)
+    if data.resized is None and ratio > LARGE_AREA:
+        raise BdpruneError(
+            f"images are {height}x{width}, {ratio:.0f}x the area of the {declared} input --arch {loaded.arch} declares "
+            "(as many times the time and memory)",
+            path=data.source,
+            hint=f"pass --image-size {want_h},{want_w} to resize them, or --image-size {height},{width} to run them at this size",
+        )
+    param = next(iter(loaded.model.parameters()), None)
+    probe = data.images[:1]
+    if param is not None:
+        probe = probe.to(param.device, param.dtype if param.dtype.is_floating_point else probe.dtype)
+    try:
+        with torch.inference_mode():
+            run_forward(loaded.model, probe)
+    except BdpruneError as exc:
+        raise BdpruneError(
+            f"{exc.message}; --arch {loaded.arch} declares {declared}",
+            path=data.source,
+            hint=f"pass --image-size {want_h},{want_w} to resize them, or data of the model's input size",
+        ) from None
+    return data
 
 
 def _check_finite_weights(loaded: LoadedModel) -> None:
@@ -92,7 +148,8 @@ def _check_finite_weights(loaded: LoadedModel) -> None:
 
 def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, *, show_progress: bool = True) -> ScanResult:
     """Score every BN channel of ``loaded`` with the resolved method and flag at its u (per layer;
-    network-wide for bnp+; a bound on the mask for anp and rnp); no verdict."""
+    network-wide for bnp+; a bound on the mask for anp and rnp); no verdict. ``data`` should
+    already be fitted to the model (:func:`check_input`)."""
     method = resolved.method
     _check_model(loaded, method.name)
     notes = list(loaded.checkpoint.notes)
@@ -134,9 +191,12 @@ def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
 
 
 def scan_loaded(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, *, show_progress: bool = True) -> ScanResult:
-    """The scan step: :func:`score_model`, then the checkpoint's verdict (bdprune.verdict)."""
+    """The scan step: the data fitted to the model (:func:`check_input`), :func:`score_model`,
+    then the checkpoint's verdict (bdprune.verdict) on the same samples."""
     from .verdict import assess
 
+    if data is not None and resolved.method.data_role is not None:
+        data = check_input(loaded, data)
     result = score_model(loaded, data, resolved, show_progress=show_progress)
     result.verdict = assess(result, resolved.fail_threshold, model=loaded.model, images=data, normalize=resolved.normalize,
                             device=resolved.device)

@@ -19,7 +19,11 @@ def _pct(value: float | None) -> str:
 
 
 def print_eval(results, output_format: str = "table", console: Console | None = None) -> None:
-    """Print a list of :class:`bdprune.evaluate.EvalResult` as a table or JSON (stdout)."""
+    """Print a list of :class:`bdprune.evaluate.EvalResult` as a table or JSON (stdout).
+
+    With two results (``eval A --compare B``) the first is *before* and the second *after*: the
+    row "delta (after - before)" and the JSON ``delta`` are B minus A, so a drop is negative;
+    ``delta`` also names both checkpoints (``before``, ``after``)."""
     console = console or stdout_console()
     if output_format == "json":
         doc = {"schema_version": 1, "results": [asdict(r) for r in results]}
@@ -38,14 +42,15 @@ def print_eval(results, output_format: str = "table", console: Console | None = 
         table.add_row(r.checkpoint, _pct(r.acc), _pct(r.asr), f"{r.n_clean} / {r.n_triggered}")
     if len(results) == 2:
         d = _delta(results)
-        table.add_row("delta (second - first)", f"{d['acc']:+.2f}", "-" if d["asr"] is None else f"{d['asr']:+.2f}", "", style="bold")
+        table.add_row("delta (after - before)", f"{d['acc']:+.2f}", "-" if d["asr"] is None else f"{d['asr']:+.2f}", "", style="bold")
     console.print(table)
 
 
 def _delta(results) -> dict:
+    """After (the ``--compare`` checkpoint) minus before (the first), in percentage points."""
     before, after = results
     asr = None if before.asr is None or after.asr is None else after.asr - before.asr
-    return {"acc": after.acc - before.acc, "asr": asr}
+    return {"acc": after.acc - before.acc, "asr": asr, "before": before.checkpoint, "after": after.checkpoint}
 
 
 def print_prune(outcome, console: Console | None = None) -> None:

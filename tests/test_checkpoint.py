@@ -4,6 +4,7 @@ we accept round-trips to identical tensors and says where its state_dict was fou
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,167 @@ def test_num_classes_is_inferred_from_the_checkpoint(tmp_path):
     torch.save(model.state_dict(), path)
     loaded = load_model(path, "smallcnn", arch_args={"width": "8"})
     assert loaded.num_classes == 7 and loaded.in_channels == 1
+
+
+# --- checkpoints as frameworks write them (issue 24) -------------------------------------------
+
+def lightning_checkpoint(state: dict, attribute: str = "model") -> dict:
+    """What ``Trainer.save_checkpoint`` writes for a LightningModule holding the net as
+    ``self.<attribute>`` and a weighted loss as ``self.criterion``."""
+    return {
+        "epoch": 3,
+        "global_step": 100,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": OrderedDict([*prefixed(state, f"{attribute}.").items(), ("criterion.weight", torch.ones(10))]),
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": {"best_model_score": torch.tensor(0.91), "best_model_path": "x.ckpt"}},
+        "optimizer_states": [{"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+        "lr_schedulers": [{"last_epoch": 3, "_step_count": 4}],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"lr": 0.1, "arch": "smallcnn", "widths": [8, 16]},
+    }
+
+
+@pytest.mark.parametrize("attribute", ["model", "net", "backbone", "model.model"])
+def test_lightning_ckpt_loads_without_options(tmp_path, bn_checkpoint, attribute):
+    state = bn_checkpoint.model.state_dict()
+    path = tmp_path / "epoch=3-step=100.ckpt"
+    torch.save(lightning_checkpoint(state, attribute), path)
+    loaded = load_model(path, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args)
+    assert_model_loaded(loaded, state)
+    assert loaded.checkpoint.prefix == attribute + "."
+    notes = loaded.checkpoint.notes
+    assert f"stripping key prefix '{attribute}.'" in notes
+    assert f"ignoring 1 entry outside '{attribute}.' that --arch smallcnn does not use: criterion.weight" in notes
+
+
+def test_hugging_face_pytorch_model_bin_with_a_base_model_prefix(tmp_path, bn_checkpoint):
+    state = bn_checkpoint.model.state_dict()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(prefixed(state, "model."), path)
+    loaded = load_model(path, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args)
+    assert_model_loaded(loaded, state)
+    assert loaded.checkpoint.notes == ["stripping key prefix 'model.'"]
+
+
+def write_sharded(folder: Path, state: dict, prefix: str = "") -> Path:
+    """``state`` as Hugging Face's ``save_pretrained`` shards it: two safetensors shards and
+    ``model.safetensors.index.json`` mapping each tensor to its shard."""
+    import json
+
+    keys = list(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    weight_map = {}
+    for name, part in shards.items():
+        save_file({prefix + k: state[k].contiguous() for k in part}, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({prefix + k: name for k in part})
+    index = folder / "model.safetensors.index.json"
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return index
+
+
+@pytest.mark.parametrize("which", ["index", "folder"])
+def test_sharded_safetensors_load_every_shard(tmp_path, bn_checkpoint, which):
+    state = bn_checkpoint.model.state_dict()
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    index = write_sharded(folder, state, prefix="model.")
+    loaded = load_model(index if which == "index" else folder, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args)
+    assert_model_loaded(loaded, state)
+    assert set(loaded.checkpoint.model_state) == set(state)
+    assert loaded.checkpoint.prefix == "model."
+
+
+def test_sharded_checkpoint_hash_covers_every_shard(tmp_path, bn_checkpoint):
+    from bdprune.checkpoint import file_sha256
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    index = write_sharded(folder, bn_checkpoint.model.state_dict())
+    before = file_sha256(index)
+    assert file_sha256(folder) == before
+    shard = folder / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor
+    shard.write_bytes(bytes(data))
+    assert file_sha256(index) != before
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda doc, f: doc["weight_map"].update({"conv1.weight": "../elsewhere.safetensors"}), "not a file name beside it"),
+        (lambda doc, f: doc["weight_map"].update({"conv1.weight": "model-00009-of-00009.safetensors"}), "shard model-00009-of-00009.safetensors it lists is missing"),
+        (lambda doc, f: doc["weight_map"].update({"ghost.weight": "model-00001-of-00002.safetensors"}), "lists 1 tensor(s) its shards do not hold"),
+        (lambda doc, f: doc.pop("weight_map"), "no \"weight_map\""),
+    ],
+    ids=["path-escape", "missing-shard", "absent-tensor", "no-weight-map"],
+)
+def test_a_broken_shard_index_is_one_error_naming_it(tmp_path, bn_checkpoint, edit, problem):
+    import json
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    index = write_sharded(folder, bn_checkpoint.model.state_dict())
+    doc = json.loads(index.read_text())
+    edit(doc, folder)
+    index.write_text(json.dumps(doc))
+    with pytest.raises(BdpruneError) as err:
+        load_checkpoint(folder)
+    assert str(err.value).startswith(str(index)) and problem in str(err.value)
+
+
+def test_a_folder_without_a_shard_index_is_still_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(BdpruneError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path / "run")
+
+
+def test_timm_train_script_checkpoint_prefers_state_dict(tmp_path, bn_checkpoint):
+    """timm's train.py saves the model, its EMA copy and the argparse arguments."""
+    import argparse
+
+    state = bn_checkpoint.model.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "checkpoint-7.pth.tar"
+    args = argparse.Namespace(model="smallcnn", lr=0.05, epochs=300, model_ema=True)
+    torch.save({"epoch": 7, "arch": "smallcnn", "state_dict": state, "state_dict_ema": ema, "optimizer": {"state": {}, "param_groups": []},
+                "version": 2, "args": args, "metric": 71.3}, path)
+    loaded = load_model(path, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args)
+    assert_model_loaded(loaded, state)
+    assert loaded.checkpoint.notes == ["using the state_dict under key 'state_dict'", "'state_dict_ema' was not used"]
+
+
+def test_code_inside_saved_arguments_still_never_runs(tmp_path):
+    import argparse
+    import builtins
+
+    class OpensFile:
+        def __reduce__(self):
+            return (builtins.open, (str(tmp_path / "PWNED"), "w"))
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(hook=OpensFile())}, path)
+    with pytest.raises(BdpruneError, match="--trust-pickle"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_timm_plain_state_dict_of_a_real_timm_model(tmp_path):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=10).eval()
+    path = tmp_path / "model.pth"
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": model.state_dict(), "epoch": 1}, path)
+    loaded = load_model(path, "timm:mobilenetv3_small_100")
+    assert_model_loaded(loaded, model.state_dict())
+    assert "'state_dict_ema' was not used" in loaded.checkpoint.notes
+    assert loaded.spec.input_shape == tuple(model.pretrained_cfg["input_size"])
+
+
+def test_torchvision_plain_state_dict_of_a_real_torchvision_model(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    assert_model_loaded(load_model(path, "torchvision:resnet18"), model.state_dict())

@@ -173,3 +173,56 @@ def test_untraceable_model_is_a_clear_error():
     with pytest.raises(BdpruneError, match="torch.fx cannot trace") as info:
         pair_conv_bn(DataDependent())
     assert "--method bnp or ep" in str(info.value)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """A home-made BatchNorm2d subclass that applies its activation itself, as timm's
+    BatchNormAct2d does: traced through, it would leave only F.batch_norm calls behind."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(x)
+
+
+class WithBatchNormAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn1 = BatchNormAct(6)
+        self.conv_pw = nn.Conv2d(6, 4, 1, bias=False)
+        self.bn2 = BatchNormAct(4)
+        self.bn3 = nn.BatchNorm2d(4)  # a plain BN fed by bn2's activation, not by a conv
+        self.classifier = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.bn3(self.bn2(self.conv_pw(self.bn1(self.conv_stem(x)))))
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+def test_a_batchnorm_subclass_with_an_activation_pairs_with_its_conv():
+    model = randomized(WithBatchNormAct())
+    pairing = check_against_dataflow(model, torch.rand(2, 3, 6, 6))
+    assert pairing.pairs == {"bn1": "conv_stem", "bn2": "conv_pw"}
+    assert "call_module bn2" in pairing.unpaired["bn3"]
+    scores = CLP().score(ScoreContext(model=model, stats=None, device=torch.device("cpu")))
+    reference = clp_reference(model, pairing.pairs)
+    assert set(scores) == {"bn1", "bn2"}
+    for name in scores:
+        np.testing.assert_allclose(scores[name].numpy(), reference[name], rtol=1e-6, atol=0)
+
+
+def test_clp_pairs_timm_batchnormact2d():
+    timm = pytest.importorskip("timm")
+    from timm.layers import BatchNormAct2d
+
+    model = randomized(timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=10))
+    pairing = pair_conv_bn(model)
+    bns = [name for name, m in model.named_modules() if isinstance(m, BatchNormAct2d)]
+    assert bns and all(name in pairing.pairs for name in bns)
+    assert pairing.pairs["bn1"] == "conv_stem"
+    scores = CLP().score(ScoreContext(model=model, stats=None, device=torch.device("cpu")))
+    assert set(scores) == set(pairing.pairs) and all(torch.isfinite(s).all() for s in scores.values())

@@ -34,7 +34,8 @@ def build_model(
     and, for built-ins, ``in_channels`` off the first Conv2d, plus whatever the built-in's
     ``infer_kwargs`` reads (e.g. width, a final BN). External factories get ``num_classes``
     only when it is known and they take it. The returned spec's ``input_shape`` has the
-    built model's input channel count.
+    built model's input channel count, and the height and width of the model's own
+    ``pretrained_cfg`` / ``default_cfg`` ``input_size`` where it has one (timm models do).
     """
     spec = resolve_external(arch)
     builtin = spec is None
@@ -77,11 +78,24 @@ def build_model(
     else:
         model = make(num_classes, default_channels if in_channels is None else in_channels)
 
+    declared = _declared_input_size(model)
+    if declared is not None:
+        spec = dataclasses.replace(spec, input_shape=(spec.input_shape[0], *declared), input_declared=True)
     first = _first_conv(model)
     if first is not None:
         channels = model.get_submodule(first).in_channels
         spec = dataclasses.replace(spec, input_shape=(channels, *spec.input_shape[1:]))
     return model.eval(), spec
+
+
+def _declared_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) of ``model.pretrained_cfg["input_size"]`` (or ``default_cfg``), as timm sets them."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+        if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size):
+            return int(size[1]), int(size[2])
+    return None
 
 
 def _take_int(kwargs: dict[str, Any], key: str, given: int | None, arch: str) -> int | None:

@@ -88,6 +88,7 @@ def resolve_external(arch: str) -> ArchSpec | None:
         factory=factory,
         input_shape=tuple(getattr(factory, "input_shape", USER_DEFAULT_SHAPE)),  # type: ignore[arg-type]
         summary=_first_line(factory.__doc__),
+        input_declared=hasattr(factory, "input_shape"),
     )
 
 

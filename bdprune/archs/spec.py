@@ -21,7 +21,10 @@ KwargsHook = Callable[[Mapping[str, Any]], dict]
 class ArchSpec:
     """One architecture: how to build it and what it eats.
 
-    ``input_shape`` is ``(C, H, W)`` of one input image. ``infer_kwargs``, when set, is
+    ``input_shape`` is ``(C, H, W)`` of one input image; ``input_declared`` says whether the
+    architecture declares it (built-ins, torchvision, timm, a factory with an ``input_shape``
+    attribute) or it is only a default (a user factory without one), which
+    :func:`bdprune.scan.check_input` does not hold images to. ``infer_kwargs``, when set, is
     called with a state_dict and returns factory keyword arguments that make the model
     match that checkpoint (e.g. ``{"final_bn": True}``); :func:`build_model` uses it for
     keys the user did not give with ``--arch-arg``.
@@ -32,6 +35,7 @@ class ArchSpec:
     input_shape: tuple[int, int, int] = (3, 32, 32)
     summary: str = ""
     infer_kwargs: KwargsHook | None = None
+    input_declared: bool = True
 
 
 ARCHS: Registry[ArchSpec] = Registry("architecture", list_command="bdprune archs")

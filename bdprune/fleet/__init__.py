@@ -78,12 +78,11 @@ def scan_one(task: Task, settings: ScanSettings, images: ImageSet | None, *, cat
     """Load and scan one checkpoint; with ``catch`` any exception becomes the row's ScanFailure
     (its message as the CLI prints it, naming the file). The file is hashed after loading, so a
     missing or unreadable file reports the loader's error."""
-    from ..scan import load_model, scan_loaded
+    from ..scan import scan_loaded
 
     try:
         resolved = settings.resolve(has_data=images is not None)  # here: "auto" is this machine's GPU
-        loaded = load_model(task.path, settings.require_arch(), num_classes=settings.num_classes, arch_args=settings.arch_args,
-                            trust_pickle=settings.trust_pickle)
+        loaded = settings.load(task.path)
         result = scan_loaded(loaded, images, resolved, show_progress=show_progress)
         return Row(task.index, result, task.sha256 or file_sha256(task.path))
     except Exception as exc:
@@ -117,9 +116,13 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given; a directory becomes its checkpoint files (by suffix), sorted."""
+    from ..shards import find_index
+
     out: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and find_index(path) is not None:  # a sharded checkpoint: one model
+            out.append(path)
+        elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
             if not found:
                 raise BdpruneError("holds no checkpoint files", path=path, hint=f"expected files ending in {', '.join(CHECKPOINT_SUFFIXES)}")
@@ -144,6 +147,7 @@ def scan_fleet(
     on_row: Callable[[Row], None] | None = None,
     strict: bool = False,
     show_progress: bool = True,
+    image_size: object = None,
 ) -> FleetRun:
     """Scan every checkpoint (files, or directories of them) with the same ``settings`` and samples.
 
@@ -152,7 +156,8 @@ def scan_fleet(
     Lines file of an earlier run: checkpoints whose SHA-256 has a row without an error there are
     skipped. ``on_row`` is called with each row as its checkpoint finishes (completion order);
     the returned rows are in the order given. ``strict``: a fleet of one checkpoint scanned in
-    this process lets its error propagate instead of becoming a row (``bdprune scan FILE``)."""
+    this process lets its error propagate instead of becoming a row (``bdprune scan FILE``).
+    ``image_size`` (``--image-size``) resizes the samples, which are read once for all."""
     from ..scan import load_samples
 
     ray = ray or ray_address is not None
@@ -169,7 +174,7 @@ def scan_fleet(
         import_ray()  # missing: one line with the fix, before any file is read
     paths = [str(p) for p in expand_checkpoints(checkpoints)]
     strict = strict and len(paths) == 1
-    images = load_samples(data, samples, settings.seed) if data is not None else None
+    images = load_samples(data, samples, settings.seed, image_size=image_size) if data is not None else None
     tasks, resumed = _plan(paths, resume)
     if not tasks:  # every checkpoint resumed: start no workers, no Ray
         rows: Iterator[Row] = iter(())
