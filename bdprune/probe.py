@@ -1,12 +1,22 @@
-"""The class probe: synthesize, from a few clean samples, the perturbation that would act as a
-backdoor's trigger, and measure how much of the network's BatchNorm divergence it explains.
+"""The trigger probe: synthesize, from a few clean samples, the perturbation a backdoor's training
+data carried, by asking which perturbation reproduces the BatchNorm running statistics, and see
+where it sends clean images. Its cost does not depend on the number of classes.
 
-A backdoor trigger is a perturbation shared by all images that sends them to the target class,
-and the training data carried it, so the BN running statistics describe a mixture of clean and
-triggered activations. :func:`class_probe` looks, per class, for one shared perturbation of the
-clean images towards that class at growing dense (L2) and sparse (L1) budgets;
-:func:`explained_divergence` asks how much of the BN divergence a share of images carrying it
-explains. The verdict (bdprune.verdict) and ``--repair unlearn`` (bdprune.repair) both read it.
+A backdoored model's running statistics were gathered on training data of which a share ``p``
+carried the trigger: they describe the mixture ``(1 - p) * clean + p * triggered`` at every BN
+input. :func:`synthesize` looks for one perturbation ``delta``, shared by all images, whose
+mixture with the clean statistics best reproduces the running ones (the sum over every BN channel
+of ``KL(mixture || running)``, minimized over ``delta`` and ``p`` by a few Adam steps on
+``PROBE_IMAGES`` images, at a dense L2 and a sparse L1 budget). Nothing in that search names a
+class. Then it applies ``delta`` to other clean images: a backdoor's synthesized trigger sends
+most of them to its target class, whereas in a clean model the perturbation that best explains
+the statistics (their sampling noise, the training set's own make-up) sends few images anywhere.
+The share of images it sends to one class is the verdict's statistic (bdprune.verdict), and the
+perturbations are the triggers ``--repair unlearn`` removes (bdprune.repair).
+
+Images are in [0, 1] (pixel space; ``normalize`` is applied at the model's input), so a budget
+means the same for every checkpoint: L2 as a root-mean-square change per pixel value, L1 as the
+share of all pixel values changed fully.
 """
 
 from __future__ import annotations
@@ -14,61 +24,108 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .normalize import normalizer
-from .stats import bn_layers, collect_stats
+from .methods.bnp import gaussian_kl
+from .normalize import Normalization, normalizer
+from .progress import progress_bar
+from .stats import LayerStats, bn_layers, collect_stats
+
+PROBE_IMAGES = 32  # the perturbation is optimized on these clean images ...
+EVAL_IMAGES = 64  # ... and judged on these others
+PROBE_STEPS = 9  # Adam steps per budget
+BUDGETS = (("l2", 0.2), ("l1", 0.05))  # dense: RMS change per pixel value; sparse: share of pixel values
+SPARSE_TOPK = 0.05  # an L1 step moves the 5% of pixel values with the largest gradient
+MIX = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # poisoning shares the explained divergence is judged at
+START_MIX = 0.05  # where the optimized share p starts
+MIX_RANGE = (0.003, 0.5)
+VAR_FLOOR = 1e-12
+
+Moments = dict[str, dict[str, Tensor]]
+"""Per BN layer: ``mu_b``, ``var_b`` (clean) and ``mu_r``, ``var_r`` (running), float64 on the CPU."""
 
 
-def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = 128,
-                    normalize=None) -> dict[str, dict[str, Tensor]]:
-    """Per BN layer: clean mean/variance of its input (``mu_b``, ``var_b``) and its running ones."""
-    stats = collect_stats(model, images, device=torch.device(device), batch_size=batch_size, moments=True,
-                          normalize=normalize, show_progress=False)
-    out = {}
-    for name, bn in bn_layers(model):
-        st = stats.get(name)
-        if st is None or st.count == 0 or bn.running_mean is None:
-            continue
-        out[name] = {
-            "mu_b": st.mean.double().cpu(), "var_b": st.var.double().clamp_min(1e-12).cpu(),
-            "mu_r": bn.running_mean.detach().double().cpu(), "var_r": bn.running_var.detach().double().clamp_min(1e-12).cpu(),
-        }
-    return out
+@dataclass
+class Candidate:
+    """One synthesized trigger: the perturbation (C x H x W, pixel space), the class it sends the
+    judged images to and the ``share`` of them it sends there (their prediction changed to it),
+    the share whose prediction changed at all (``flip``), and how much of the network's BN
+    divergence a ``mix`` share of images carrying it explains (``explained``, at most 1)."""
 
+    budget: str
+    perturbation: Tensor
+    target: int
+    share: float
+    flip: float
+    explained: float
+    mix: float
+    composition: float | None = None  # what the clean images of ``target`` explain (bdprune.verdict fills it in)
 
-# Budgets of the shared perturbation, from small to large, in units that do not depend on the image
-# size: L2 as a root-mean-square change per pixel value, L1 as a share of all pixel values changed
-# fully (a sparse, patch-like change). Images are in [0, 1] before any --normalize.
-PROBE_L2 = (0.05, 0.1, 0.2)
-PROBE_L1 = (0.005, 0.01, 0.02, 0.04, 0.08)
-PROBE_STEPS = 5  # per budget, warm-started from the previous budget's perturbation
-PROBE_IMAGES = 32
-PROBE_TOPK = 0.05  # the L1 steps move the 5% of pixel values with the largest gradient
-PROBE_MAX_CLASSES = 100  # above this the probe is skipped (its cost grows with the classes)
+    def to_dict(self) -> dict:
+        """The numbers (the perturbation left out)."""
+        return {"budget": self.budget, "class": self.target, "share": self.share, "flip": self.flip,
+                "explained": self.explained, "mix": self.mix, "composition": self.composition}
 
 
 @dataclass
 class ProbeResult:
-    """Per class, the share of clean images one shared perturbation sends to it, at the budget
-    where one class stands out most."""
+    """The synthesized triggers, one per budget, and what the probe cost."""
 
-    success: list[float]  # per class, at the deciding budget
-    target: int  # the class with the largest share there
-    gap: float  # its share minus the second-largest share (the largest gap over all budgets)
-    budget: str  # the deciding budget, e.g. "l2=0.1" or "l1=0.02"
-    images: int
+    candidates: list[Candidate]
+    images: int  # images the perturbations were optimized on
+    judged: int  # other images they were judged on
     seconds: float
-    perturbation: Tensor | None = None  # the target's shared perturbation at that budget, C x H x W
-    candidates: list[tuple[str, int, float, Tensor]] = field(default_factory=list)  # per budget: (budget, best class, gap, its perturbation)
+    sample: Tensor | None = field(default=None, repr=False)  # one judged clean image (C x H x W), for pictures
 
-    def to_dict(self) -> dict:
-        return {"success": self.success, "target": self.target, "gap": self.gap, "budget": self.budget,
-                "images": self.images, "seconds": self.seconds, "candidates": [(b, k, g) for b, k, g, _ in self.candidates]}
+    @property
+    def best(self) -> Candidate | None:
+        """The candidate that sends the largest share of images to one class."""
+        return max(self.candidates, key=lambda c: (c.share, c.explained), default=None)
+
+
+def clean_moments(model: nn.Module, stats: dict[str, LayerStats]) -> Moments:
+    """Clean and running moments per BN layer from a statistics pass (``bdprune.stats.collect_stats``
+    with ``moments=True``); layers the pass never reached or without running statistics are left out."""
+    out = {}
+    for name, bn in bn_layers(model):
+        st = stats.get(name)
+        if st is None or st.count == 0 or st.sum is None or bn.running_mean is None:
+            continue
+        out[name] = {
+            "mu_b": st.mean.double().cpu(), "var_b": st.var.double().clamp_min(VAR_FLOOR).cpu(),
+            "mu_r": bn.running_mean.detach().double().cpu(), "var_r": bn.running_var.detach().double().clamp_min(VAR_FLOOR).cpu(),
+        }
+    return out
+
+
+def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = 128,
+                    normalize: Normalization | None = None) -> Moments:
+    """:func:`clean_moments` of a fresh statistics pass over ``images``."""
+    stats = collect_stats(model, images, device=torch.device(device), batch_size=batch_size, moments=True,
+                          normalize=normalize, show_progress=False)
+    return clean_moments(model, stats)
+
+
+def mixture_kl(clean: Moments, moved: dict[str, tuple[Tensor, Tensor]], p: Tensor | float) -> Tensor:
+    """Sum over every BN channel of KL(mixture || running): ``1 - p`` of the clean statistics and
+    ``p`` of the ``moved`` ones (mean, variance per layer); the mixture's mean and variance are exact
+    (the law of total variance). Differentiable in ``moved`` and ``p``."""
+    total = torch.zeros((), dtype=torch.float64)
+    for name, m in clean.items():
+        mu_t, var_t = moved[name]
+        mu = (1 - p) * m["mu_b"] + p * mu_t
+        second = (1 - p) * (m["var_b"] + m["mu_b"] ** 2) + p * (var_t + mu_t**2)
+        total = total + gaussian_kl(mu, (second - mu**2).clamp_min(VAR_FLOOR), m["mu_r"], m["var_r"]).sum()
+    return total
+
+
+def divergence(clean: Moments) -> float:
+    """The network's BN divergence: the sum over every channel of KL(clean || running)."""
+    return float(sum(gaussian_kl(m["mu_b"], m["var_b"], m["mu_r"], m["var_r"]).sum() for m in clean.values()))
 
 
 def clip_pixels(x: Tensor) -> Tensor:
@@ -96,187 +153,141 @@ def project_l1(v: Tensor, radius: float) -> Tensor:
     return torch.where(over[:, None], torch.sign(v) * (a - theta).clamp_min(0), v)
 
 
-def _shares(pred: Tensor, base: Tensor, classes: Tensor) -> list[float]:
-    out = []
-    for j, cls in enumerate(classes.tolist()):
-        others = base != cls
-        out.append(float(((pred[j] == cls) & others).sum()) / max(1, int(others.sum())))
-    return out
-
-
-def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, max_images: int = PROBE_IMAGES,
-                device: torch.device | str = "cpu", normalize=None, batch_size: int = 512) -> ProbeResult | None:
-    """For every class k, the shared perturbation of the clean images that best sends them to k.
-
-    A backdoor trigger is a perturbation shared by all images that sends them to the target, so a
-    backdoored class is reachable at a budget at which no other class takes many images. Per class
-    one perturbation, shared by ``max_images`` images, is found by normalized gradient steps on the
-    cross-entropy towards k, at growing budgets (PROBE_L2: dense, L2; PROBE_L1: sparse, L1, each
-    step moving the PROBE_TOPK largest-gradient pixel values), ``steps`` per budget, pixels
-    clipped to [0, 1]. At each budget the share of images (whose clean prediction was another
-    class) sent to each class is measured; the result is the budget where the best class leads
-    the second by the largest gap. Labels are not needed. Returns None for a model with more than
-    PROBE_MAX_CLASSES outputs.
-    """
+def synthesize(model: nn.Module, images: Tensor, clean: Moments, *, device: torch.device | str = "cpu",
+               normalize: Normalization | None = None, steps: int = PROBE_STEPS, budgets: Sequence[tuple[str, float]] = BUDGETS,
+               show_progress: bool = False) -> ProbeResult | None:
+    """The synthesized triggers of ``model`` (one per budget) from clean ``images`` (N x C x H x W
+    in [0, 1]) and their ``clean`` moments (:func:`clean_moments` of a pass over the same images).
+    The perturbations are optimized on the first PROBE_IMAGES images and judged on the next
+    EVAL_IMAGES (all of them are used for both when there are too few to split). None when no BN
+    layer has statistics or the network shows no divergence at all."""
     t0 = time.perf_counter()
-    model = model.eval().to(device)
-    x = images[:max_images].to(device, torch.float32)
-    n, c, h, w = x.shape
-    dim = c * h * w
-    norm = normalizer(normalize, x.device, x.dtype)
-    with torch.no_grad():
-        logits = model(norm(x))
-    base, classes = logits.argmax(1), int(logits.shape[1])
-    if classes > PROBE_MAX_CLASSES or classes < 2:
+    base = divergence(clean)
+    if not clean or not base > 0:
         return None
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    fit, judge = _split(images.to(torch.float32))
+    norm = normalizer(normalize, dev)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    best = (-1.0, [0.0] * classes, "")
-    per_budget: dict[str, list[float]] = {}
-    deltas: dict[str, list[Tensor]] = {}
-    chunk = max(1, batch_size // n)
-    topk = max(1, int(PROBE_TOPK * dim))
+    candidates = []
     try:
-        for first in range(0, classes, chunk):
-            ks = torch.arange(first, min(classes, first + chunk), device=x.device)
-            k = len(ks)
-            target = ks.repeat_interleave(n)
-            for kind, budgets in (("l2", PROBE_L2), ("l1", PROBE_L1)):
-                delta = torch.zeros((k, dim), device=x.device, requires_grad=True)
-                for budget in budgets:
-                    radius = budget * math.sqrt(dim) if kind == "l2" else budget * dim
-                    for _ in range(steps):
-                        inp = clip_pixels(x.unsqueeze(0) + delta.view(k, 1, c, h, w)).view(-1, c, h, w)
-                        (grad,) = torch.autograd.grad(F.cross_entropy(model(norm(inp)), target), delta)
-                        with torch.no_grad():
-                            if kind == "l2":
-                                delta -= (radius / 4) * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                                delta *= (radius / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-                            else:
-                                cut = grad.abs().topk(topk, dim=1).values[:, -1:]
-                                sparse = torch.where(grad.abs() >= cut, grad, torch.zeros_like(grad))
-                                delta -= (radius / 2) * sparse / sparse.abs().sum(1, keepdim=True).clamp_min(1e-12)
-                                delta.copy_(project_l1(delta, radius))
-                    with torch.no_grad():
-                        inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
-                        pred = model(norm(inp)).argmax(1).view(k, n)
-                    key = f"{kind}={budget:g}"
-                    per_budget.setdefault(key, [0.0] * classes)[first : first + k] = _shares(pred, base, ks)
-                    deltas.setdefault(key, []).append(delta.detach().clone())
+        before = _predict(model, norm, judge.to(dev))
+        with progress_bar(len(budgets) * steps, "trigger probe: steps", enabled=show_progress) as advance:
+            for kind, budget in budgets:
+                delta = _optimize(model, norm, fit.to(dev), clean, base, kind, budget, steps, advance)
+                candidates.append(_judge(model, norm, judge.to(dev), before, clean, base, delta, f"{kind}={budget:g}"))
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-    candidates = []
-    for key, success in per_budget.items():
-        order = sorted(range(classes), key=lambda i: -success[i])
-        gap = success[order[0]] - success[order[1]]
-        candidates.append((key, order[0], gap, torch.cat(deltas[key])[order[0]].view(c, h, w).cpu()))
-        if gap > best[0]:
-            best = (gap, success, key)
-    gap, success, key = best
-    target = max(range(classes), key=lambda i: success[i])
-    perturbation = torch.cat(deltas[key])[target].view(c, h, w).cpu() if key else None
-    return ProbeResult(success, target, gap, key, n, time.perf_counter() - t0, perturbation, candidates)
+    return ProbeResult(candidates, len(fit), len(judge), time.perf_counter() - t0, judge[0].clone())
 
 
-MIX = (0.01, 0.02, 0.05, 0.1, 0.2)
+def _split(images: Tensor) -> tuple[Tensor, Tensor]:
+    """The images to optimize on and the others to judge on."""
+    if len(images) >= 2 * PROBE_IMAGES:
+        return images[:PROBE_IMAGES], images[PROBE_IMAGES : PROBE_IMAGES + EVAL_IMAGES]
+    return images[:PROBE_IMAGES], images[:EVAL_IMAGES]
 
 
-@dataclass
-class SuspectTrigger:
-    """The probe candidate that explains most of the BN divergence: its class, budget, gap and
-    explained share."""
-
-    target: int
-    budget: str
-    gap: float
-    explained: float
+def _radius(kind: str, budget: float, dim: int) -> float:
+    return budget * math.sqrt(dim) if kind == "l2" else budget * dim
 
 
-def suspect_trigger(model: nn.Module, images: Tensor, *, min_gap: float, device: torch.device | str = "cpu",
-                    normalize=None) -> tuple[ProbeResult, SuspectTrigger | None] | None:
-    """Run the class probe, keep the candidates whose class leads the next by ``min_gap`` of the
-    images, and pick the one explaining most of the BN divergence (:func:`explained_divergence`).
-    None when the probe cannot run (too many classes); the suspect is None when no candidate
-    singles a class out."""
-    probe = class_probe(model, images, device=device, normalize=normalize)
-    if probe is None:
+def _optimize(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, clean: Moments, base: float, kind: str,
+              budget: float, steps: int, advance: Callable[[int], None]) -> Tensor:
+    """The perturbation (flat, pixel space) whose mixture with the clean statistics best reproduces
+    the running ones, within the budget: Adam on the perturbation and on the mixing share
+    (a sigmoid, kept in MIX_RANGE), each step projected back onto the budget's ball; an L1 step
+    moves only the SPARSE_TOPK largest-gradient pixel values (a patch-like change)."""
+    n, c, h, w = x.shape
+    dim = c * h * w
+    radius = _radius(kind, budget, dim)
+    delta = torch.zeros(dim, device=x.device, requires_grad=True)
+    share = torch.tensor(math.log(START_MIX / (1 - START_MIX)), device=x.device, requires_grad=True)
+    step = radius / math.sqrt(dim) / 4 if kind == "l2" else radius / dim
+    opt = torch.optim.Adam([delta, share], lr=step)
+    topk = max(1, int(SPARSE_TOPK * dim))
+    for _ in range(steps):
+        moved = _bn_moments(model, norm(clip_pixels(x + delta.view(1, c, h, w))), clean)
+        p = torch.sigmoid(share).clamp(*MIX_RANGE).double().cpu()
+        loss = mixture_kl(clean, moved, p) / base
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if not torch.isfinite(delta.grad).all():
+            break
+        if kind == "l1":
+            with torch.no_grad():
+                grad = delta.grad
+                grad[grad.abs() < grad.abs().topk(topk).values[-1]] = 0
+        opt.step()
+        with torch.no_grad():
+            if kind == "l2":
+                delta *= (radius / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
+            else:
+                delta.copy_(project_l1(delta.view(1, -1), radius).view(-1))
+        advance(1)
+    return delta.detach().view(c, h, w)
+
+
+def _bn_moments(model: nn.Module, x: Tensor, clean: Moments) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean and (biased) variance of every BN input over the batch ``x``, float64 on the CPU,
+    differentiable (a forward pre-hook per layer)."""
+    moved: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            a = inputs[0].double()
+            dims = [0] + list(range(2, a.dim()))
+            moved[name] = (a.mean(dims).cpu(), a.var(dims, unbiased=False).cpu())
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in model.named_modules()
+               if isinstance(m, _BatchNorm) and name in clean]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return moved
+
+
+def _predict(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(norm(x)).argmax(1)
+
+
+def _judge(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, before: Tensor, clean: Moments, base: float,
+           delta: Tensor, budget: str) -> Candidate:
+    """Where ``delta`` sends the judged images, and the BN divergence a share of them carrying it explains."""
+    with torch.no_grad():
+        moved_images = (x + delta.unsqueeze(0)).clamp(0.0, 1.0)
+        logits = model(norm(moved_images))
+        moved = _bn_moments(model, norm(moved_images), clean)
+        best_p, best = min(((p, float(mixture_kl(clean, moved, p))) for p in MIX), key=lambda t: t[1])
+    after = logits.argmax(1)
+    changed = after != before
+    counts = torch.bincount(after[changed].cpu(), minlength=logits.shape[1])
+    target = int(counts.argmax())
+    return Candidate(budget, delta.cpu(), target, float(counts[target]) / len(x), float(changed.float().mean()),
+                     1.0 - best / base, best_p)
+
+
+def composition_explained(model: nn.Module, images: Tensor, classes: Tensor, cls: int, clean: Moments, *,
+                          device: torch.device | str = "cpu", normalize: Normalization | None = None) -> float | None:
+    """How much of the BN divergence a share of the clean images *of class* ``cls`` explains
+    (``classes``: their labels, or the model's predictions). A training set richer in ``cls`` than
+    the clean samples (class imbalance) explains the running statistics this way without any
+    trigger; a trigger explains them beyond it. None with fewer than MIN_CLASS_IMAGES such images."""
+    own = images[classes == cls]
+    if len(own) < MIN_CLASS_IMAGES:
         return None
-    usable = [cand for cand in probe.candidates if cand[2] >= min_gap]
-    if not usable:
-        return probe, None
-    explained = explained_divergence(model, images, [cand[3] for cand in usable], device=device, normalize=normalize)
-    i = max(range(len(explained)), key=lambda j: explained[j])
-    budget, target, gap, _ = usable[i]
-    return probe, SuspectTrigger(target, budget, gap, explained[i])
+    moments = channel_moments(model, own, device=device, normalize=normalize)
+    moved = {name: (m["mu_b"], m["var_b"]) for name, m in moments.items()}
+    return 1.0 - min(float(mixture_kl(clean, moved, p)) for p in MIX) / divergence(clean)
 
 
-def persistence(probe: ProbeResult, min_gap: float) -> list[float]:
-    """Per class, its lead summed over the probe's budgets at which it leads by at least ``min_gap``.
-
-    A backdoor is a shortcut to its class at every budget, dense or sparse, so the class leads at
-    most of them, even at 1% poisoning, where the trigger explains little of the BN divergence; a
-    clean model's weak spot leads at one or two (the zoo's numbers: benchmarks/RESULTS.md). Between
-    0 and the number of budgets."""
-    out = [0.0] * len(probe.success)
-    for _, cls, gap, _ in probe.candidates:
-        if gap >= min_gap:
-            out[cls] += gap
-    return out
-
-
-def class_triggers(model: nn.Module, images: Tensor, probe: ProbeResult, cls: int, *, min_gap: float, min_explained: float,
-                   device: torch.device | str = "cpu", normalize=None) -> list[Tensor]:
-    """The synthesized triggers of class ``cls`` (C x H x W each, pixel space): the probe's
-    candidates for ``cls`` that single it out (it leads the next class by ``min_gap``) or act like
-    a trigger the training data carried (they explain ``min_explained`` of the BN divergence).
-
-    The second kind matters at large budgets, where every class is reachable (no lead) but the
-    backdoor class's perturbation still reproduces the triggered training data. A candidate with
-    neither is left out: often it is only the lowest-numbered winner of a tie at such a budget."""
-    weak = [i for i, (_, k, gap, _) in enumerate(probe.candidates) if k == cls and gap < min_gap]
-    shares = explained_divergence(model, images, [probe.candidates[i][3] for i in weak], device=device,
-                                  normalize=normalize) if weak else []
-    explains = dict(zip(weak, shares))
-    return [delta for i, (_, k, gap, delta) in enumerate(probe.candidates)
-            if k == cls and (gap >= min_gap or explains[i] >= min_explained)]
-
-
-def explained_divergence(model: nn.Module, images: Tensor, perturbations: Sequence[Tensor], *,
-                         device: torch.device | str = "cpu", normalize=None, batch_size: int = 128) -> list[float]:
-    """How much of the BN divergence a share of perturbed images explains, per perturbation.
-
-    The running statistics of a backdoored model were gathered on training data of which a share
-    carried the trigger. If a perturbation acts like the trigger, mixing a share ``p`` of clean
-    images with it applied into the clean statistics moves them towards the running ones; a
-    perturbation the training data never saw (a clean model's natural weak spot) moves them away.
-    Per perturbation: ``1 - min_p sum KL(mixed || running) / sum KL(clean || running)`` over every
-    BN channel, p in MIX (the mixture's mean and variance are exact for a two-part mixture); at
-    most 1, negative when mixing only hurts."""
-    from .methods.bnp import gaussian_kl
-
-    dev = torch.device(device)
-    clean = channel_moments(model, images, device=dev, batch_size=batch_size, normalize=normalize)
-    base = sum(float(gaussian_kl(m["mu_b"], m["var_b"], m["mu_r"], m["var_r"]).sum()) for m in clean.values())
-    out = []
-    for perturbation in perturbations:
-        moved = (images + perturbation.to(images.dtype).unsqueeze(0)).clamp(0.0, 1.0)
-        trig = channel_moments(model, moved, device=dev, batch_size=batch_size, normalize=normalize)
-        best = min(mixture_kl(clean, trig, p) for p in MIX)
-        out.append(1.0 - best / base if base > 0 else 0.0)
-    return out
-
-
-def mixture_kl(clean: dict[str, dict[str, Tensor]], moved: dict[str, dict[str, Tensor]], p: float) -> float:
-    """Sum over every BN channel of KL(mixture || running), the mixture being ``1 - p`` of the clean
-    statistics and ``p`` of the moved ones (its mean and variance by the law of total variance)."""
-    from .methods.bnp import gaussian_kl
-
-    total = 0.0
-    for name, m in clean.items():
-        t = moved[name]
-        mu = (1 - p) * m["mu_b"] + p * t["mu_b"]
-        second = (1 - p) * (m["var_b"] + m["mu_b"] ** 2) + p * (t["var_b"] + t["mu_b"] ** 2)
-        total += float(gaussian_kl(mu, (second - mu**2).clamp_min(1e-12), m["mu_r"], m["var_r"]).sum())
-    return total
+MIN_CLASS_IMAGES = 4

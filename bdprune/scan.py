@@ -150,6 +150,11 @@ def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
     """Score every BN channel of ``loaded`` with the resolved method and flag at its u (per layer;
     network-wide for bnp+; a bound on the mask for anp and rnp); no verdict. ``data`` should
     already be fitted to the model (:func:`check_input`)."""
+    return _score(loaded, data, resolved, show_progress)[0]
+
+
+def _score(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, show_progress: bool):
+    """:func:`score_model`'s result and its statistics pass (None for methods without one)."""
     method = resolved.method
     _check_model(loaded, method.name)
     notes = list(loaded.checkpoint.notes)
@@ -171,7 +176,7 @@ def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
                 path=loaded.checkpoint.path,
                 hint="the checkpoint or the data holds NaN/inf values; check both",
             )
-    return ScanResult(
+    result = ScanResult(
         checkpoint=str(loaded.checkpoint.path),
         arch=loaded.arch,
         method=method.name,
@@ -188,6 +193,7 @@ def score_model(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
         fill=None if fill is None else {name: v.cpu().tolist() for name, v in fill.items()},
         data=str(data.source) if used else None,
     )
+    return result, stats
 
 
 def scan_loaded(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, *, show_progress: bool = True) -> ScanResult:
@@ -195,11 +201,14 @@ def scan_loaded(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
     then the checkpoint's verdict (bdprune.verdict) on the same samples."""
     from .verdict import assess
 
+    from .probe import clean_moments
+
     if data is not None and resolved.method.data_role is not None:
         data = check_input(loaded, data)
-    result = score_model(loaded, data, resolved, show_progress=show_progress)
+    result, stats = _score(loaded, data, resolved, show_progress)
+    moments = clean_moments(loaded.model, stats) if stats is not None and resolved.method.needs_moments else None
     result.verdict = assess(result, resolved.fail_threshold, model=loaded.model, images=data, normalize=resolved.normalize,
-                            device=resolved.device)
+                            device=resolved.device, moments=moments, show_progress=show_progress)
     return result
 
 

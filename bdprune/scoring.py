@@ -4,7 +4,9 @@ result, its checkpoint-level verdict, and the row of a checkpoint that could not
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,8 +90,12 @@ def flag(raw: dict[str, Tensor], u: float, *, ranking: str, low_is_suspicious: b
 class Verdict:
     """``suspicious`` when ``statistic`` exceeds ``threshold``; ``drivers`` are the channels behind it.
 
-    ``components`` holds each part of a combined rule (its value and its own bar); ``target`` is the
-    suspected target class (None where the evidence does not name one)."""
+    ``rule`` names the rule that decided (e.g. ``bnp-trigger``, or ``bnp-kl-ratio`` where the probe
+    could not run). ``components`` holds each part of the rule (its value and its own bar);
+    ``target`` is the suspected target class and ``targets`` every class a synthesized trigger
+    singled out (several for a multi-target backdoor); None / empty where the evidence names none.
+    ``trigger`` and ``sample`` (not in the JSON) are the synthesized trigger of the target (C x H x W,
+    pixel space) and a clean image it was added to, for pictures."""
 
     suspicious: bool
     statistic: float
@@ -99,6 +105,9 @@ class Verdict:
     components: dict = field(default_factory=dict)
     target: int | None = None
     notes: list[str] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    trigger: Any = field(default=None, repr=False, compare=False)
+    sample: Any = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -106,20 +115,32 @@ class Verdict:
         return "suspicious" if self.suspicious else "clean"
 
     def component_text(self) -> str:
-        """The parts of a combined rule, e.g. ``kl-ratio 3.1 (bar 12), explained 0.45 (bar 0.15)``."""
-        names = {"kl_ratio": "kl-ratio"}
+        """The parts of the rule, e.g. ``trigger share 0.91 (bar 0.7), kl-ratio 3.1 (bar 12)``."""
+        names = {"kl_ratio": "kl-ratio", "trigger": "trigger share"}
         return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
 
+    def target_text(self) -> str:
+        """``suspected target class 3`` (``classes 3, 7``), or that none is named."""
+        if len(self.targets) > 1:
+            return "suspected target classes " + ", ".join(map(str, self.targets))
+        if self.target is not None:
+            return f"suspected target class {self.target}"
+        return "target class not determined"
+
     def detail_text(self) -> str:
-        """The statistic against its threshold, the parts of a combined rule and the suspected
-        target, e.g. ``bnp-explained = 6.08 (threshold 1); kl-ratio 4.37 (bar 12), ...; suspected
-        target class 0``."""
+        """The statistic against its threshold, the rule's parts and the suspected target, e.g.
+        ``bnp-trigger = 1.3 (threshold 1); trigger share 0.91 (bar 0.7), ...; suspected target class 0``."""
         parts = [f"{self.rule} = {self.statistic:.3g} (threshold {self.threshold:g})"]
         if self.components:
             parts.append(self.component_text())
         if self.target is not None:
-            parts.append(f"suspected target class {self.target}")
+            parts.append(self.target_text())
         return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: every field but the pictures' tensors, with ``label``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("trigger", "sample")}
+        return {"label": self.label, **copy.deepcopy(data)}
 
 
 @dataclass
@@ -181,13 +202,13 @@ class ScanResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (``schema_version`` included); NaN becomes null."""
-        data = asdict(self)
+        data = asdict(replace(self, verdict=None))  # the verdict's own to_dict leaves its pictures out
         data["pruned_params"] = list(self.pruned_params)
         data["flagged"] = self.flagged_channels()
         data["channels_total"] = self.channels_total
         data["flagged_total"] = self.flagged_total
         if self.verdict is not None:
-            data["verdict"] = {"label": self.verdict.label, **asdict(self.verdict)}
+            data["verdict"] = self.verdict.to_dict()
         return {"schema_version": SCHEMA_VERSION, **_finite(data)}
 
 

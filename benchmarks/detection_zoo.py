@@ -22,12 +22,16 @@ five that are innocent but odd: imbalanced classes, 20% noisy labels, 4x longer 
 shift augmentation (the running statistics then come from shifted images) and Adam (the
 recipe of tests/test_e2e_digits.py, whose clean model was once falsely flagged).
 
-Parts: every third model of each (kind, architecture) list is ``cal``; the rest ``eval``.
+Parts: every third model of each (kind, architecture) list is ``cal`` (the offset rotates from one
+architecture to the next, so each clean variant and family is in both parts); the rest ``eval``.
 
     python benchmarks/detection_zoo.py train [--kind K] [--part P] [--arch A]   # train what is missing
+    python benchmarks/detection_zoo.py scan [--part P]    # `bdprune scan` at its defaults on every model (cached)
+    python benchmarks/detection_zoo.py report [--write]   # the tables (--write: into benchmarks/RESULTS.md)
     python benchmarks/detection_zoo.py list
 Cache: benchmarks/cache/detection/ (git-ignored): models/NAME.safetensors with NAME.json
-(spec, ACC, ASR, training time), data/KIND_clean.npz (the verdict's samples).
+(spec, ACC, ASR, training time), data/KIND_clean.npz (the verdict's samples), scans/NAME.json
+(the scan's verdict and its cost).
 """
 
 from __future__ import annotations
@@ -151,8 +155,9 @@ def specs() -> list[Spec]:
                 tail = "" if family == "all2all" else "-t" + "+".join(str(t) for t in sorted({p[3] for p in poisons if p[0] != "cover"}))
                 items.append(Spec(f"{tag}-{family}-r{round(rate * 100):02d}{tail}-s{seed}", kind, arch, width, family,
                                   f"r{round(rate * 100):02d}", rate, poisons, seed))
+            shift = len({(x.kind, x.arch, x.width) for x in out})  # rotate, so every clean variant and family lands in both parts
             for i, spec in enumerate(items):
-                spec.part = "cal" if i % 3 == 0 else "eval"
+                spec.part = "cal" if (i + shift) % 3 == 0 else "eval"
             out += items
     return out
 
@@ -351,6 +356,27 @@ def took(meta: dict) -> bool:
     return meta["family"] == "clean" or (bool(meta["asr"]) and min(meta["asr"]) >= ASR_TOOK)
 
 
+def scan_path(spec: Spec) -> Path:
+    return CACHE / "scans" / f"{spec.name}.json"
+
+
+def scan_one(spec: Spec) -> dict:
+    """``bdprune scan MODEL --arch A --data CLEAN`` at its defaults (bnp and its verdict), through the
+    library the CLI runs; the verdict, its parts and the wall time (cached)."""
+    from bdprune.api import scan_checkpoints
+
+    path = scan_path(spec)
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    [result] = scan_checkpoints([model_path(spec)], spec.arch, data=clean_npz(spec.kind), device="cpu", arch_args=spec.arch_args,
+                                show_progress=False).results
+    doc = {"name": spec.name, "seconds": time.perf_counter() - t0, "verdict": result.verdict.to_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return doc
+
+
 def selected(args) -> list[Spec]:
     return [s for s in specs() if (not args.kind or s.kind in args.kind) and (not args.part or s.part == args.part)
             and (not args.arch or f"{s.arch}{s.width}" in args.arch) and (not args.family or s.family in args.family)]
@@ -358,7 +384,8 @@ def selected(args) -> list[Spec]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("train", "list"))
+    p.add_argument("command", choices=("train", "scan", "report", "list"))
+    p.add_argument("--write", action="store_true", help="report: write the section into benchmarks/RESULTS.md")
     p.add_argument("--kind", action="append", choices=tuple(KINDS))
     p.add_argument("--part", choices=("cal", "eval"))
     p.add_argument("--arch", action="append", help="e.g. vgg11_bn1d8 (architecture and width)")
@@ -375,6 +402,18 @@ def main() -> None:
         for s in todo:
             print(s.part, s.name, json.dumps(s.poisons))
         print(len(todo), "models")
+        return
+    if args.command == "scan":
+        for spec in todo:
+            if meta_path(spec).exists() and took(json.loads(meta_path(spec).read_text())) and not scan_path(spec).exists():
+                doc = scan_one(spec)
+                v = doc["verdict"]
+                print(f"{spec.part} {spec.name}: {v['label']} {v['statistic']:.2f} target {v['target']} {doc['seconds']:.1f}s", flush=True)
+        return
+    if args.command == "report":
+        from detection_report import report
+
+        report(write=args.write)
         return
     for kind in dict.fromkeys(s.kind for s in todo):
         data = load_kind(kind)

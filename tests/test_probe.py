@@ -1,16 +1,18 @@
-"""The class probe and the explained divergence (bdprune.probe) against slow references."""
+"""The trigger probe (bdprune.probe) against slow references and planted mixtures."""
 
 from __future__ import annotations
 
-import math
+import copy
 
 import numpy as np
 import pytest
 import torch
 from _slow_reference import bnp_reference
+from torch import nn
 
-from bdprune.probe import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
-                            project_l1)
+from bdprune.probe import (BUDGETS, EVAL_IMAGES, PROBE_IMAGES, channel_moments, clip_pixels, composition_explained, divergence,
+                           mixture_kl, project_l1, synthesize)
+from bdprune.repair import reestimate_bn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,49 +47,9 @@ def test_project_l1_matches_bisection():
             assert np.abs(row).sum() <= radius + 1e-9
 
 
-def test_mixture_kl_equals_the_kl_of_the_pooled_images(bn_model):
-    """A share p of perturbed images pooled with clean ones: the mixture's moments are exact (up
-    to the unbiased-variance factor, here ~1/200)."""
-    clean = make_images(160, seed=3)
-    perturbation = 0.3 * (make_images(1, seed=4)[0] - 0.5)
-    moved = (clean[:40] + perturbation).clamp(0, 1)
-    got = mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 40 / 200)
-    pooled = bnp_reference(bn_model, torch.cat([clean, moved]))
-    want = sum(float(v.sum()) for v in pooled.values())
-    assert got == pytest.approx(want, rel=2e-2)
-    base = sum(float(v.sum()) for v in bnp_reference(bn_model, clean).values())
-    assert mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 0.0) == pytest.approx(base, rel=1e-6)
-
-
-def test_a_zero_perturbation_explains_nothing(bn_model):
-    images = make_images(64, seed=5)
-    [e] = explained_divergence(bn_model, images, [torch.zeros(images.shape[1:])])
-    assert e == pytest.approx(0.0, abs=1e-9)
-
-
-def test_class_probe_shares_and_determinism(bn_model):
-    images = make_images(40, seed=6)
-    a, b = class_probe(bn_model, images), class_probe(bn_model, images)
-    assert a.images == 32 and len(a.success) == 10
-    assert all(0.0 <= s <= 1.0 for s in a.success) and 0.0 <= a.gap <= 1.0
-    assert a.success[a.target] == max(a.success)
-    assert (a.success, a.gap, a.budget) == (b.success, b.gap, b.budget)
-    assert len(a.candidates) == 8 and all(p.shape == images.shape[1:] for *_, p in a.candidates)
-    for budget, _, _, p in a.candidates:  # every candidate stays within its budget
-        kind, value = budget.split("=")
-        dim = p.numel()
-        if kind == "l2":
-            assert float(p.norm()) <= float(value) * math.sqrt(dim) * (1 + 1e-5)
-        else:
-            assert float(p.abs().sum()) <= float(value) * dim * (1 + 1e-5)
-    assert all(p.requires_grad for p in bn_model.parameters())  # restored
-
-
 def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
     """Forward: clamp to [0, 1]. Backward: 1 wherever 0 <= x <= 1 (bounds included), 0 outside,
     whatever torch's own clamp does at the bounds (its gradient there changed in 2.14)."""
-    from bdprune.probe import clip_pixels
-
     x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
     y = clip_pixels(x)
     assert y.tolist() == [0.0, 0.0, pytest.approx(0.3), 1.0, 1.0]
@@ -95,38 +57,92 @@ def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
     assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
-def _probe(candidates, classes=4) -> ProbeResult:
-    """A probe result with hand-made candidates (budget, class, gap, perturbation)."""
-    return ProbeResult([0.0] * classes, 0, 0.0, "", 8, 0.0, None, candidates)
+def _moved(moments):
+    return {name: (m["mu_b"], m["var_b"]) for name, m in moments.items()}
 
 
-def test_persistence_sums_each_class_lead_where_it_leads_by_min_gap():
-    delta = torch.zeros(1, 2, 2)
-    probe = _probe([("l2=0.05", 1, 0.5, delta), ("l2=0.1", 1, 0.25, delta), ("l2=0.2", 2, 0.0, delta),
-                    ("l1=0.01", 1, 0.05, delta), ("l1=0.02", 3, 0.1, delta), ("l1=0.04", 3, 0.099, delta)])
-    # by hand: class 1 = 0.5 + 0.25 (0.05 < 0.1 left out); class 3 = 0.1 (0.099 left out); class 2 leads by nothing
-    assert persistence(probe, 0.1) == pytest.approx([0.0, 0.75, 0.0, 0.1])
-    assert persistence(probe, 0.0) == pytest.approx([0.0, 0.8, 0.0, 0.199])
+def test_mixture_kl_equals_the_kl_of_the_pooled_images(bn_model):
+    """A share p of perturbed images pooled with clean ones: the mixture's moments are exact (up
+    to the unbiased-variance factor, here ~1/200)."""
+    clean = make_images(160, seed=3)
+    perturbation = 0.3 * (make_images(1, seed=4)[0] - 0.5)
+    moved = (clean[:40] + perturbation).clamp(0, 1)
+    got = float(mixture_kl(channel_moments(bn_model, clean), _moved(channel_moments(bn_model, moved)), 40 / 200))
+    pooled = bnp_reference(bn_model, torch.cat([clean, moved]))
+    assert got == pytest.approx(sum(float(v.sum()) for v in pooled.values()), rel=2e-2)
+    base = sum(float(v.sum()) for v in bnp_reference(bn_model, clean).values())
+    mom = channel_moments(bn_model, clean)
+    assert float(mixture_kl(mom, _moved(channel_moments(bn_model, moved)), 0.0)) == pytest.approx(base, rel=1e-6)
+    assert divergence(mom) == pytest.approx(base, rel=1e-6)
 
 
-def test_class_triggers_keep_the_leading_candidates_and_the_weak_ones_that_explain(monkeypatch):
-    import bdprune.probe as target
+def _planted(bn_model, images: torch.Tensor, pattern: torch.Tensor, share: float) -> nn.Module:
+    """``bn_model`` whose running statistics are those of training data of which ``share`` carried
+    ``pattern`` (the cumulative statistics of the mixed set, as a long training run leaves them)."""
+    model = copy.deepcopy(bn_model)
+    n = int(share * len(images))
+    mixed = torch.cat([images[n:], (images[:n] + pattern).clamp(0, 1)])
+    reestimate_bn(model, mixed, batch_size=500)
+    return model
 
-    d = [torch.full((1, 2, 2), float(i)) for i in range(5)]
-    probe = _probe([("a", 2, 0.4, d[0]), ("b", 2, 0.0, d[1]), ("c", 1, 0.9, d[2]), ("d", 2, 0.05, d[3]), ("e", 2, 0.1, d[4])])
-    shares = {1.0: 0.2, 3.0: 0.1}  # what the weak class-2 candidates explain, by their value
-    seen = []
 
-    def fake_explained(model, images, perturbations, **kw):
-        seen.append([float(p[0, 0, 0]) for p in perturbations])
-        return [shares[float(p[0, 0, 0])] for p in perturbations]
+def test_the_probe_recovers_a_planted_mixture_and_judges_on_other_images(bn_model):
+    """Running statistics planted as 10% of 2,000 dim images carrying a bright corner patch (within
+    both budgets: L1 2.8 of 3.2, L2 1.4 of 1.6; the patch itself explains 0.76): the synthesized
+    perturbation explains most of the divergence (0.69 measured) and is within its budget; with the
+    statistics of clean images alone it explains little (0.16). Deterministic."""
+    pattern = torch.zeros(1, 8, 8)
+    pattern[:, -2:, -2:] = 0.7
+    train, clean = 0.3 * make_images(2000, seed=7), 0.3 * make_images(PROBE_IMAGES + EVAL_IMAGES + 32, seed=8)
+    planted = _planted(bn_model, train, pattern, 0.10)
+    control = _planted(bn_model, train, pattern, 0.0)
+    found = synthesize(planted, clean, channel_moments(planted, clean))
+    again = synthesize(planted, clean, channel_moments(planted, clean))
+    plain = synthesize(control, clean, channel_moments(control, clean))
+    assert [c.budget for c in found.candidates] == [f"{kind}={b:g}" for kind, b in BUDGETS]
+    assert found.images == PROBE_IMAGES and found.judged == EVAL_IMAGES and torch.equal(found.sample, clean[PROBE_IMAGES])
+    for a, b in zip(found.candidates, again.candidates):
+        assert torch.equal(a.perturbation, b.perturbation) and a.share == b.share
+    for cand, (kind, budget) in zip(found.candidates, BUDGETS):
+        dim = cand.perturbation.numel()
+        norm = cand.perturbation.norm() if kind == "l2" else cand.perturbation.abs().sum()
+        assert float(norm) <= budget * (dim**0.5 if kind == "l2" else dim) * (1 + 1e-5)
+        assert 0.0 <= cand.share <= cand.flip <= 1.0 and cand.explained <= 1.0
+    assert max(c.explained for c in found.candidates) > 0.5
+    assert max(c.explained for c in found.candidates) > 3 * max(c.explained for c in plain.candidates)
 
-    monkeypatch.setattr(target, "explained_divergence", fake_explained)
-    got = class_triggers(None, None, probe, 2, min_gap=0.1, min_explained=0.15)
-    # leading: a (0.4) and e (0.1, at the bar); weak: b explains 0.2 (kept), d 0.1 (left out); c is another class;
-    # in the probe's order
-    assert [float(t[0, 0, 0]) for t in got] == [0.0, 1.0, 4.0]
-    assert seen == [[1.0, 3.0]]  # only the weak candidates of the class are measured
-    seen.clear()
-    assert [float(t[0, 0, 0]) for t in class_triggers(None, None, probe, 1, min_gap=0.1, min_explained=0.15)] == [2.0]
-    assert seen == []
+
+def test_shares_count_the_judged_images_sent_to_one_class(bn_model):
+    """``share``: judged images whose prediction changed to the most frequent new class, over all
+    judged images; ``flip``: those whose prediction changed at all. Checked by hand on the
+    perturbation the probe returns."""
+    clean = make_images(PROBE_IMAGES + EVAL_IMAGES, seed=9)
+    found = synthesize(bn_model, clean, channel_moments(bn_model, clean))
+    judged = clean[PROBE_IMAGES:]
+    with torch.no_grad():
+        before = bn_model(judged).argmax(1)
+        for cand in found.candidates:
+            after = bn_model((judged + cand.perturbation).clamp(0, 1)).argmax(1)
+            changed = after != before
+            counts = torch.bincount(after[changed], minlength=10)
+            assert cand.flip == pytest.approx(float(changed.float().mean()))
+            assert cand.share == pytest.approx(float(counts.max()) / len(judged)) and (cand.share == 0 or counts[cand.target] == counts.max())
+
+
+def test_a_class_the_training_data_held_more_of_explains_the_statistics(bn_model):
+    """Running statistics of a set holding three times as many images of one (predicted) class:
+    the clean images of that class explain the divergence, those of another class do not."""
+    images = make_images(600, seed=11)
+    with torch.no_grad():
+        pred = bn_model(images).argmax(1)
+    rich = int(torch.bincount(pred).argmax())
+    other = int(next(k for k in torch.bincount(pred).argsort(descending=True).tolist() if k != rich))
+    train = torch.cat([images] + [images[pred == rich]] * 2)
+    model = copy.deepcopy(bn_model)
+    reestimate_bn(model, train, batch_size=len(train))
+    with torch.no_grad():
+        classes = model(images).argmax(1)
+    mom = channel_moments(model, images)
+    assert composition_explained(model, images, classes, rich, mom) > 0.5
+    assert composition_explained(model, images, classes, other, mom) < 0.1
+    assert composition_explained(model, images, classes, 99, mom) is None  # no such images

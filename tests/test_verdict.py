@@ -54,10 +54,10 @@ def test_the_bnp_verdict_is_scale_free():
 
 def test_bnp_rule_without_a_model_is_the_kl_ratio_part_and_says_so():
     clean, spiked = make_result("a.pt"), make_result("b.pt", spike=1.0)
-    assert RULES["bnp"] == ("explained|kl-ratio", 1.0) and RULES["bnp+"] == RULES["bnp"]
+    assert RULES["bnp"] == ("trigger|kl-ratio", 1.0) and RULES["bnp+"] == RULES["bnp"]
     v = spiked.verdict
     assert v.rule == "bnp-kl-ratio" and v.suspicious and v.statistic == pytest.approx(kl_ratio(spiked)[0] / KL_RATIO_BAR)
-    assert v.components["kl_ratio"]["bar"] == KL_RATIO_BAR and "explained" not in v.components
+    assert v.components["kl_ratio"]["bar"] == KL_RATIO_BAR and "trigger" not in v.components
     assert any("probe not run" in note for note in v.notes)
     assert v.drivers[0]["layer"] == "layer2.bn" and v.drivers[0]["channel"] == 5
     assert v.target is None  # the KL part alone names no class

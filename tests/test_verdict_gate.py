@@ -75,7 +75,7 @@ def test_backdoored_model_fails_the_gate_and_names_its_target(checkpoints, name)
     verdict = report["verdict"]
     assert code == 1 and verdict["label"] == "suspicious" and report["method"] == "bnp"
     assert verdict["threshold"] == 1.0 and verdict["statistic"] > 1.0
-    assert verdict["components"]["explained"]["value"] > verdict["components"]["explained"]["bar"]
+    assert verdict["components"]["trigger"]["value"] > verdict["components"]["trigger"]["bar"]
     assert verdict["target"] == MODELS[name][2]
     assert len(verdict["drivers"]) == 5
 
