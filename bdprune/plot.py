@@ -68,12 +68,46 @@ def scan_figure(results: ScanResult | Sequence[ScanResult]):
     require_matplotlib()
     results = [results] if isinstance(results, ScanResult) else list(results)
     widest = max((len(r.layers) for r in results), default=1)
-    fig = _figure(max(8.0, min(40.0, 3.0 + 0.32 * widest)), 4.8 * len(results))
-    axes = fig.subplots(len(results), 1, squeeze=False)[:, 0]
-    chars = int(fig.get_figwidth() * 12)
-    for ax, result in zip(axes, results):
-        _draw_scan(ax, result, chars)
+    evidence = any(r.verdict is not None and r.verdict.trigger is not None and r.verdict.sample is not None for r in results)
+    width = max(8.0, min(40.0, 3.0 + 0.32 * widest))
+    fig = _figure(width + (3.2 if evidence else 0.0), 4.8 * len(results))
+    grid = fig.subplots(len(results), 2 if evidence else 1, squeeze=False, width_ratios=[width, 3.2] if evidence else None)
+    chars = int(width * 12)
+    for row, result in zip(grid, results):
+        _draw_scan(row[0], result, chars)
+        if evidence:
+            _draw_trigger(row[1], result)
     return fig
+
+
+def trigger_mosaic(verdict) -> Any:
+    """The verdict's evidence as one picture (H x 3W x 3 floats in [0, 1]): a clean sample, the same
+    image carrying the synthesized trigger, and the trigger itself (centred on grey, stretched to
+    its largest magnitude so a faint pattern shows). None without a trigger."""
+    import numpy as np
+
+    if verdict is None or verdict.trigger is None or verdict.sample is None:
+        return None
+    sample = verdict.sample.detach().cpu().float()
+    trigger = verdict.trigger.detach().cpu().float()
+    carrying = (sample + trigger).clamp(0, 1)
+    shown = 0.5 + 0.5 * trigger / trigger.abs().max().clamp_min(1e-12)
+    gap = np.ones((sample.shape[1], max(1, sample.shape[2] // 16), 3))
+    def rgb(t):
+        a = t.permute(1, 2, 0).numpy()
+        return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[..., :3]
+    return np.concatenate([rgb(sample), gap, rgb(carrying), gap, rgb(shown)], axis=1)
+
+
+def _draw_trigger(ax: Any, result: ScanResult) -> None:
+    mosaic = trigger_mosaic(result.verdict)
+    ax.set_axis_off()
+    if mosaic is None:
+        return
+    ax.imshow(mosaic, interpolation="nearest")
+    v = result.verdict
+    where = f"class {v.target}" if v.target is not None else "no class above the bar"
+    ax.set_title(f"synthesized trigger ({where})\nclean | with trigger | trigger", fontsize=9, loc="left", parse_math=False)
 
 
 def _draw_scan(ax: Any, result: ScanResult, chars: int) -> None:

@@ -64,6 +64,7 @@ class Candidate:
     explained: float
     mix: float
     composition: float | None = None  # what the clean images of ``target`` explain (bdprune.verdict fills it in)
+    sample: Tensor | None = field(default=None, repr=False)  # a judged clean image it sent to ``target`` (C x H x W), for pictures
 
     def to_dict(self) -> dict:
         """The numbers (the perturbation left out)."""
@@ -79,7 +80,6 @@ class ProbeResult:
     images: int  # images the perturbations were optimized on
     judged: int  # other images they were judged on
     seconds: float
-    sample: Tensor | None = field(default=None, repr=False)  # one judged clean image (C x H x W), for pictures
 
     @property
     def best(self) -> Candidate | None:
@@ -155,12 +155,13 @@ def project_l1(v: Tensor, radius: float) -> Tensor:
 
 def synthesize(model: nn.Module, images: Tensor, clean: Moments, *, device: torch.device | str = "cpu",
                normalize: Normalization | None = None, steps: int = PROBE_STEPS, budgets: Sequence[tuple[str, float]] = BUDGETS,
-               show_progress: bool = False) -> ProbeResult | None:
+               batch_size: int = 128, show_progress: bool = False) -> ProbeResult | None:
     """The synthesized triggers of ``model`` (one per budget) from clean ``images`` (N x C x H x W
     in [0, 1]) and their ``clean`` moments (:func:`clean_moments` of a pass over the same images).
     The perturbations are optimized on the first PROBE_IMAGES images and judged on the next
-    EVAL_IMAGES (all of them are used for both when there are too few to split). None when no BN
-    layer has statistics or the network shows no divergence at all."""
+    EVAL_IMAGES (all of them are used for both when there are too few to split); their backward
+    passes hold about what a statistics pass of ``batch_size`` images holds (:func:`chunk_size`).
+    None when no BN layer has statistics or the network shows no divergence at all."""
     t0 = time.perf_counter()
     base = divergence(clean)
     if not clean or not base > 0:
@@ -175,14 +176,33 @@ def synthesize(model: nn.Module, images: Tensor, clean: Moments, *, device: torc
     candidates = []
     try:
         before = _predict(model, norm, judge.to(dev))
+        chunk = chunk_size(model, fit[0].to(dev), clean, batch_size, norm)
         with progress_bar(len(budgets) * steps, "trigger probe: steps", enabled=show_progress) as advance:
             for kind, budget in budgets:
-                delta = _optimize(model, norm, fit.to(dev), clean, base, kind, budget, steps, advance)
-                candidates.append(_judge(model, norm, judge.to(dev), before, clean, base, delta, f"{kind}={budget:g}"))
+                delta = _optimize(model, norm, fit.to(dev), clean, base, kind, budget, steps, advance, chunk)
+                candidates.append(_judge(model, norm, judge.to(dev), before, clean, base, delta, f"{kind}={budget:g}", chunk))
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-    return ProbeResult(candidates, len(fit), len(judge), time.perf_counter() - t0, judge[0].clone())
+    return ProbeResult(candidates, len(fit), len(judge), time.perf_counter() - t0)
+
+
+def with_trigger(model: nn.Module, images: Tensor, clean: Moments, found: Candidate, *, device: torch.device | str = "cpu",
+                 normalize: Normalization | None = None) -> Moments:
+    """``clean`` with ``found``'s trigger mixed in at its share: the statistics a second trigger must
+    explain the rest of (a backdoor with two triggers for two targets)."""
+    dev = torch.device(device)
+    with torch.no_grad():
+        moved_images = (images[:PROBE_IMAGES + EVAL_IMAGES].to(dev, torch.float32) + found.perturbation.to(dev).unsqueeze(0)).clamp(0, 1)
+        moved = _moments_of(_bn_sums(model.eval().to(dev), normalizer(normalize, dev)(moved_images), clean))
+    p = found.mix
+    out = {}
+    for name, m in clean.items():
+        mu_t, var_t = moved[name]
+        mu = (1 - p) * m["mu_b"] + p * mu_t
+        second = (1 - p) * (m["var_b"] + m["mu_b"] ** 2) + p * (var_t + mu_t**2)
+        out[name] = {**m, "mu_b": mu, "var_b": (second - mu**2).clamp_min(VAR_FLOOR)}
+    return out
 
 
 def _split(images: Tensor) -> tuple[Tensor, Tensor]:
@@ -197,11 +217,12 @@ def _radius(kind: str, budget: float, dim: int) -> float:
 
 
 def _optimize(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, clean: Moments, base: float, kind: str,
-              budget: float, steps: int, advance: Callable[[int], None]) -> Tensor:
-    """The perturbation (flat, pixel space) whose mixture with the clean statistics best reproduces
-    the running ones, within the budget: Adam on the perturbation and on the mixing share
-    (a sigmoid, kept in MIX_RANGE), each step projected back onto the budget's ball; an L1 step
-    moves only the SPARSE_TOPK largest-gradient pixel values (a patch-like change)."""
+              budget: float, steps: int, advance: Callable[[int], None], chunk: int) -> Tensor:
+    """The perturbation (pixel space) whose mixture with the clean statistics best reproduces the
+    running ones, within the budget: Adam on the perturbation and on the mixing share (a sigmoid,
+    kept in MIX_RANGE), each step projected back onto the budget's ball; an L1 step moves only the
+    SPARSE_TOPK largest-gradient pixel values (a patch-like change). The gradient is exact however
+    the images are split into chunks of ``chunk`` (:func:`_backward`)."""
     n, c, h, w = x.shape
     dim = c * h * w
     radius = _radius(kind, budget, dim)
@@ -211,12 +232,9 @@ def _optimize(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, cle
     opt = torch.optim.Adam([delta, share], lr=step)
     topk = max(1, int(SPARSE_TOPK * dim))
     for _ in range(steps):
-        moved = _bn_moments(model, norm(clip_pixels(x + delta.view(1, c, h, w))), clean)
-        p = torch.sigmoid(share).clamp(*MIX_RANGE).double().cpu()
-        loss = mixture_kl(clean, moved, p) / base
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if not torch.isfinite(delta.grad).all():
+        _backward(model, lambda part: norm(clip_pixels(part + delta.view(1, c, h, w))), x, share, clean, base, chunk)
+        if delta.grad is None or not torch.isfinite(delta.grad).all():
             break
         if kind == "l1":
             with torch.no_grad():
@@ -232,48 +250,119 @@ def _optimize(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, cle
     return delta.detach().view(c, h, w)
 
 
-def _bn_moments(model: nn.Module, x: Tensor, clean: Moments) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean and (biased) variance of every BN input over the batch ``x``, float64 on the CPU,
-    differentiable (a forward pre-hook per layer)."""
-    moved: dict[str, tuple[Tensor, Tensor]] = {}
+def _backward(model: nn.Module, perturbed: Callable[[Tensor], Tensor], x: Tensor, share: Tensor, clean: Moments, base: float,
+              chunk: int) -> None:
+    """Gradients of the mixture loss (``mixture_kl / base`` at the batch's BN moments) for the
+    perturbation and the share. The loss depends on the images only through per-channel sums of
+    the BN inputs and their squares, so with several chunks it is exact in two passes: the sums of
+    every chunk without gradients, the loss's gradient with respect to those sums, then each
+    chunk's sums again with gradients, weighted by it. One chunk's activations are held at a time
+    (memory as a statistics pass), for one extra forward pass."""
+    p = torch.sigmoid(share).clamp(*MIX_RANGE).double().cpu()
+    parts = [x[i : i + chunk] for i in range(0, len(x), chunk)]
+    if len(parts) == 1:
+        (mixture_kl(clean, _moments_of(_bn_sums(model, perturbed(x), clean)), p) / base).backward()
+        return
+    with torch.no_grad():
+        sums = _add(_bn_sums(model, perturbed(part), clean) for part in parts)
+    leaves = {name: (s1.requires_grad_(), s2.requires_grad_(), n) for name, (s1, s2, n) in sums.items()}
+    (mixture_kl(clean, _moments_of(leaves), p) / base).backward()
+    for part in parts:
+        chunk_sums = _bn_sums(model, perturbed(part), clean)
+        weighted = sum((leaves[name][0].grad * s1).sum() + (leaves[name][1].grad * s2).sum() for name, (s1, s2, _) in chunk_sums.items())
+        weighted.backward()
+
+
+def _add(many) -> dict[str, tuple[Tensor, Tensor, int]]:
+    total: dict[str, tuple[Tensor, Tensor, int]] = {}
+    for sums in many:
+        for name, (s1, s2, n) in sums.items():
+            t = total.get(name)
+            total[name] = (s1, s2, n) if t is None else (t[0] + s1, t[1] + s2, t[2] + n)
+    return total
+
+
+def _moments_of(sums: dict[str, tuple[Tensor, Tensor, int]]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean and biased variance per channel from the sums of values and squares."""
+    out = {}
+    for name, (s1, s2, n) in sums.items():
+        mu = s1 / n
+        out[name] = (mu, s2 / n - mu**2)
+    return out
+
+
+def _bn_sums(model: nn.Module, x: Tensor, clean: Moments, logits: list[Tensor] | None = None) -> dict[str, tuple[Tensor, Tensor, int]]:
+    """Per BN layer of ``clean``: the sums of its input's values and squares per channel over the
+    batch ``x`` and positions (float64 on the CPU, differentiable), and how many values each sums;
+    the model's output is appended to ``logits`` when given."""
+    sums: dict[str, tuple[Tensor, Tensor, int]] = {}
 
     def hook_for(name: str):
         def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            a = inputs[0].double()
-            dims = [0] + list(range(2, a.dim()))
-            moved[name] = (a.mean(dims).cpu(), a.var(dims, unbiased=False).cpu())
+            a = inputs[0]
+            dims = [0] + list(range(2, a.dim()))  # float64 sums without a float64 copy of the activations
+            sums[name] = (a.sum(dims, dtype=torch.float64).cpu(), a.square().sum(dims, dtype=torch.float64).cpu(), a.numel() // a.shape[1])
 
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in model.named_modules()
                if isinstance(m, _BatchNorm) and name in clean]
     try:
-        model(x)
+        out = model(x)
     finally:
         for h in handles:
             h.remove()
-    return moved
+    if logits is not None:
+        logits.append(out)
+    return sums
+
+
+def chunk_size(model: nn.Module, image: Tensor, clean: Moments, batch_size: int, norm: Callable[[Tensor], Tensor]) -> int:
+    """How many images one backward pass of the probe may hold: the bytes autograd saves for one
+    image's backward pass (every layer's activations), against what a statistics pass of
+    ``batch_size`` images holds at once (about two copies of its widest BN input per image).
+    Measured on one image; at least MIN_CHUNK (smaller batches run slowly) and at most PROBE_IMAGES."""
+    saved = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    x = image.unsqueeze(0).clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sums = _bn_sums(model, norm(x), clean)
+    widest = max((n * len(clean[name]["mu_b"]) * image.element_size() for name, (_, _, n) in sums.items()), default=0)
+    if not saved[0] or not widest:
+        return PROBE_IMAGES
+    return max(MIN_CHUNK, min(PROBE_IMAGES, int(2 * batch_size * widest / saved[0])))
+
+
+MIN_CHUNK = 8
 
 
 def _predict(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     with torch.no_grad():
-        return model(norm(x)).argmax(1)
+        return torch.cat([model(norm(part)).argmax(1) for part in x.split(EVAL_IMAGES // 4)])
 
 
 def _judge(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor, before: Tensor, clean: Moments, base: float,
-           delta: Tensor, budget: str) -> Candidate:
+           delta: Tensor, budget: str, chunk: int) -> Candidate:
     """Where ``delta`` sends the judged images, and the BN divergence a share of them carrying it explains."""
     with torch.no_grad():
         moved_images = (x + delta.unsqueeze(0)).clamp(0.0, 1.0)
-        logits = model(norm(moved_images))
-        moved = _bn_moments(model, norm(moved_images), clean)
+        logits, sums = [], []
+        for part in moved_images.split(chunk):  # held a chunk at a time, as the optimization's passes
+            sums.append(_bn_sums(model, norm(part), clean, logits))
+        moved = _moments_of(_add(sums))
         best_p, best = min(((p, float(mixture_kl(clean, moved, p))) for p in MIX), key=lambda t: t[1])
-    after = logits.argmax(1)
+    after = torch.cat(logits).argmax(1)
     changed = after != before
-    counts = torch.bincount(after[changed].cpu(), minlength=logits.shape[1])
+    counts = torch.bincount(after[changed].cpu(), minlength=logits[0].shape[1])
     target = int(counts.argmax())
+    sent = (changed & (after == target)).nonzero().flatten()
+    sample = x[int(sent[0]) if len(sent) else 0].cpu().clone()
     return Candidate(budget, delta.cpu(), target, float(counts[target]) / len(x), float(changed.float().mean()),
-                     1.0 - best / base, best_p)
+                     1.0 - best / base, best_p, sample=sample)
 
 
 def composition_explained(model: nn.Module, images: Tensor, classes: Tensor, cls: int, clean: Moments, *,

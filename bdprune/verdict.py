@@ -107,19 +107,20 @@ def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, 
 
 def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5, model=None, images=None,
            normalize: Normalization | None = None, device: torch.device | str = "cpu", moments: Moments | None = None,
-           show_progress: bool = False) -> Verdict:
+           batch_size: int = 128, show_progress: bool = False) -> Verdict:
     """The checkpoint's statistic under its method's rule (RULES), and the verdict.
 
     For bnp and bnp+ the trigger probe runs when ``model`` and the clean ``images`` (an ImageSet,
     whose labels the composition check uses, or a tensor) are given, fed normalized by
     ``normalize`` (mean and std values, as resolved by bdprune.options) on ``device``;
     ``moments`` are their clean BN moments when a statistics pass already gathered them
-    (:func:`bdprune.probe.clean_moments`). Without a model only the kl-ratio part is assessed and
-    a note says so."""
+    (:func:`bdprune.probe.clean_moments`); the probe's backward passes hold about what a pass of
+    ``batch_size`` images does. Without a model only the kl-ratio part is assessed and a note says so."""
     statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
     threshold = default if fail_threshold is None else fail_threshold
     if statistic == "trigger|kl-ratio":
-        return _assess_trigger(result, threshold, top, model, images, normalize, device, moments, show_progress)
+        probe = dict(normalize=normalize, device=device, moments=moments, batch_size=batch_size, show_progress=show_progress)
+        return _assess_trigger(result, threshold, top, model, images, probe)
     channels = channel_statistics(result, statistic)
     value = channels[0][0] if channels else 0.0
     drivers = [
@@ -134,14 +135,14 @@ def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int 
     )
 
 
-def trigger_candidates(model, images, *, normalize=None, device="cpu", moments: Moments | None = None,
+def trigger_candidates(model, images, *, normalize=None, device="cpu", moments: Moments | None = None, batch_size: int = 128,
                        show_progress: bool = False) -> tuple[list[Candidate], list[Candidate], object]:
     """The trigger probe's candidates, those kept (not explained by the class make-up of the data,
     see :func:`bdprune.probe.composition_explained`), and the probe's result (None when it cannot run)."""
     tensor = getattr(images, "images", images)
     if moments is None:
         moments = channel_moments(model, tensor, device=device, normalize=normalize)
-    probe = synthesize(model, tensor, moments, device=device, normalize=normalize, show_progress=show_progress)
+    probe = synthesize(model, tensor, moments, device=device, normalize=normalize, batch_size=batch_size, show_progress=show_progress)
     if probe is None:
         return [], [], None
     classes = getattr(images, "labels", None)
@@ -149,32 +150,46 @@ def trigger_candidates(model, images, *, normalize=None, device="cpu", moments: 
         from .evaluate import predict
 
         classes = predict(model, tensor, device=torch.device(device), normalize=normalize)
-    kept = []
+    kept, own = [], {}
     for cand in probe.candidates:
-        own = composition_explained(model, tensor, classes, cand.target, moments, device=device, normalize=normalize)
-        cand.composition = own
-        if own is None or own < cand.explained:
+        if cand.target not in own:
+            own[cand.target] = composition_explained(model, tensor, classes, cand.target, moments, device=device, normalize=normalize)
+        cand.composition = own[cand.target]
+        if cand.composition is None or cand.composition < cand.explained:
             kept.append(cand)
     return probe.candidates, kept, probe
 
 
-def _assess_trigger(result: ScanResult, threshold: float, top: int, model, images, normalize, device, moments, show_progress) -> Verdict:
+def _second_targets(model, images, first: Candidate, moments: Moments, probe: dict, threshold: float) -> list[int]:
+    """The classes a second round of the probe singles out once ``first``'s trigger is part of the
+    clean statistics (bdprune.probe.with_trigger), other than ``first``'s."""
+    from .probe import with_trigger
+
+    rest = with_trigger(model, getattr(images, "images", images), moments, first, device=probe["device"], normalize=probe["normalize"])
+    _, kept, _ = trigger_candidates(model, images, **{**probe, "moments": rest})
+    return [c.target for c in kept if c.share > TRIGGER_BAR * threshold and c.target != first.target]
+
+
+def _assess_trigger(result: ScanResult, threshold: float, top: int, model, images, probe: dict) -> Verdict:
     ratio, channels = kl_ratio(result)
     components = {"kl_ratio": {"value": ratio, "bar": KL_RATIO_BAR * threshold}}
     notes: list[str] = []
-    best, targets, probe = None, [], None
+    best, targets = None, []
     if model is not None and images is not None:
-        _, kept, probe = trigger_candidates(model, images, normalize=normalize, device=device, moments=moments,
-                                            show_progress=show_progress)
-        if probe is None:
+        if probe["moments"] is None:
+            probe["moments"] = channel_moments(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"])
+        _, kept, found = trigger_candidates(model, images, **probe)
+        if found is None:
             notes.append("trigger probe not run (no BatchNorm statistics to match): kl-ratio only")
         else:
             best = max(kept, key=lambda c: (c.share, c.explained), default=None)
             share = 0.0 if best is None else best.share
             components["trigger"] = {"value": share, "bar": TRIGGER_BAR * threshold,
-                                     **({} if best is None else best.to_dict()), "candidates": [c.to_dict() for c in probe.candidates]}
+                                     **({} if best is None else best.to_dict()), "candidates": [c.to_dict() for c in found.candidates]}
             targets = sorted({c.target for c in kept if c.share > TRIGGER_BAR * threshold})
-            if not kept and probe.candidates:
+            if targets:  # a second trigger for another target explains the rest of the divergence
+                targets = sorted(set(targets) | set(_second_targets(model, images, best, probe["moments"], probe, threshold)))
+            if not kept and found.candidates:
                 notes.append("every synthesized trigger is explained by the class make-up of the data as well: none kept")
     else:
         notes.append("trigger probe not run (no model or clean images): kl-ratio only")
@@ -194,5 +209,5 @@ def _assess_trigger(result: ScanResult, threshold: float, top: int, model, image
         notes=notes,
         targets=targets if suspicious else [],
         trigger=None if best is None else best.perturbation,
-        sample=None if probe is None else probe.sample,
+        sample=None if best is None else best.sample,
     )

@@ -193,7 +193,7 @@ def timed(cmd: list[str], env: dict) -> dict[str, float]:
 # glibc's allocator to keep freed memory) or straight through the Typer app (before that change),
 # each with or without the bnp verdict's class probe (replaced by "not run" for the measurement).
 _ENTRY = ("import sys\n{patch}from bdprune.cli import {entry}\nsys.exit({entry}())")
-_NO_PROBE = "import bdprune.verdict as v\nv.probe_statistic = lambda *a, **k: None\n"
+_NO_PROBE = "import bdprune.verdict as v\nv.synthesize = lambda *a, **k: None\n"
 
 
 def _bdprune(entry: str, probe: bool) -> list[str]:

@@ -100,7 +100,7 @@ def test_the_probe_recovers_a_planted_mixture_and_judges_on_other_images(bn_mode
     again = synthesize(planted, clean, channel_moments(planted, clean))
     plain = synthesize(control, clean, channel_moments(control, clean))
     assert [c.budget for c in found.candidates] == [f"{kind}={b:g}" for kind, b in BUDGETS]
-    assert found.images == PROBE_IMAGES and found.judged == EVAL_IMAGES and torch.equal(found.sample, clean[PROBE_IMAGES])
+    assert found.images == PROBE_IMAGES and found.judged == EVAL_IMAGES
     for a, b in zip(found.candidates, again.candidates):
         assert torch.equal(a.perturbation, b.perturbation) and a.share == b.share
     for cand, (kind, budget) in zip(found.candidates, BUDGETS):
@@ -127,6 +127,8 @@ def test_shares_count_the_judged_images_sent_to_one_class(bn_model):
             counts = torch.bincount(after[changed], minlength=10)
             assert cand.flip == pytest.approx(float(changed.float().mean()))
             assert cand.share == pytest.approx(float(counts.max()) / len(judged)) and (cand.share == 0 or counts[cand.target] == counts.max())
+            sent = (changed & (after == cand.target)).nonzero().flatten()
+            assert torch.equal(cand.sample, judged[int(sent[0]) if len(sent) else 0])  # the picture shows an image it moved
 
 
 def test_a_class_the_training_data_held_more_of_explains_the_statistics(bn_model):
@@ -146,3 +148,26 @@ def test_a_class_the_training_data_held_more_of_explains_the_statistics(bn_model
     assert composition_explained(model, images, classes, rich, mom) > 0.5
     assert composition_explained(model, images, classes, other, mom) < 0.1
     assert composition_explained(model, images, classes, 99, mom) is None  # no such images
+
+
+def test_the_gradient_is_exact_however_the_images_are_chunked(bn_model):
+    """The two-pass chunked backward gives the one-batch gradient (to float64 rounding of float32
+    sums), for the perturbation and the mixing share."""
+    from bdprune.normalize import normalizer
+    from bdprune.probe import _backward, clip_pixels
+
+    images = make_images(PROBE_IMAGES, seed=12)
+    mom = channel_moments(bn_model, make_images(200, seed=13))
+    base = divergence(mom)
+    for p in bn_model.parameters():
+        p.requires_grad_(False)
+    grads = []
+    for chunk in (PROBE_IMAGES, 5, 1):
+        delta = (0.05 * make_images(1, seed=14)[0].flatten()).requires_grad_(True)
+        share = torch.tensor(-2.0, requires_grad=True)
+        _backward(bn_model, lambda part: normalizer(None, "cpu")(clip_pixels(part + delta.view(1, 1, 8, 8))), images, share, mom, base, chunk)
+        grads.append((delta.grad.clone(), share.grad.clone()))
+    for d, s in grads[1:]:
+        torch.testing.assert_close(d, grads[0][0], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(s, grads[0][1], rtol=1e-4, atol=1e-7)
+    assert grads[0][0].abs().max() > 0

@@ -90,6 +90,26 @@ def _plot(result: ScanResult) -> str:
             "ringed: the channels behind the verdict.</figcaption></figure>")
 
 
+def _evidence(result: ScanResult) -> str:
+    """The synthesized trigger beside the clean image it was added to, as a picture (bnp's verdict)."""
+    from ..plot import _figure, png_base64, trigger_mosaic
+
+    mosaic = trigger_mosaic(result.verdict)
+    if mosaic is None:
+        return ""
+    fig = _figure(6.0, 2.4)
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    v = result.verdict
+    trig = v.components.get("trigger", {})
+    caption = (f"The trigger the probe synthesized{'' if v.target is None else f' for class {v.target}'}: a clean image, the same "
+               f"image carrying it, and the perturbation itself (grey = 0). It sends {trig.get('share', 0):.0%} of other clean "
+               f"images to class {trig.get('class')} and explains {trig.get('explained', 0):.2f} of the BN divergence.")
+    return (f'<figure><img src="data:image/png;base64,{png_base64(fig)}" alt="{_e(caption)}" style="max-width:480px">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
 def _ranked(result: ScanResult, top: int) -> str:
     if top <= 0:
         return ""
@@ -120,7 +140,8 @@ def _section(result: ScanResult, top: int, index: int) -> str:
     totals = (f"{result.flagged_total} of {result.channels_total} channels flagged in "
               f"{sum(1 for layer in result.layers if layer.flagged)} of {len(result.layers)} layers")
     return (f'<section id="checkpoint-{index}"><h2>{_e(result.checkpoint)}</h2>{_verdict_block(result)}'
-            f"{_provenance(result)}<p>{_e(totals)}</p>{_plot(result)}{_ranked(result, top)}{_layers(result)}{notes_html}</section>")
+            f"{_provenance(result)}<p>{_e(totals)}</p>{_evidence(result)}{_plot(result)}{_ranked(result, top)}{_layers(result)}"
+            f"{notes_html}</section>")
 
 
 def html_report(results: Sequence[ScanResult], top: int, errors: Sequence[ScanFailure] = ()) -> str:

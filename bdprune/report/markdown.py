@@ -18,18 +18,20 @@ def markdown_report(results: Sequence[ScanResult], top: int, errors: Sequence[Sc
     """A verdict table over all checkpoints (a row ``error`` for each that could not be scanned),
     then each checkpoint's top channels."""
     lines = ["## bdprune scan", "",
-             "| checkpoint | method | verdict | statistic | threshold | suspected target | channels behind the verdict | flagged channels (u) |",
-             "|---|---|---|---:|---:|---:|---|---:|"]
+             "| checkpoint | method | verdict | rule | statistic | threshold | suspected target | channels behind the verdict | flagged channels (u) |",
+             "|---|---|---|---|---:|---:|---:|---|---:|"]
     for r in results:
         v = r.verdict
         verdict = "-" if v is None else ("**suspicious**" if v.suspicious else "clean")
         stat = "-" if v is None else f"{v.statistic:.2f}"
         thr = "-" if v is None else f"{v.threshold:g}"
-        target = "-" if v is None or v.target is None else str(v.target)
+        target = "-" if v is None or v.target is None else ", ".join(map(str, v.targets or [v.target]))
+        rule = "-" if v is None else v.rule
         drivers = "-" if v is None or not v.drivers else ", ".join(f"`{_cell(d['layer'])}:{d['channel']}`" for d in v.drivers)
-        lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {stat} | {thr} | {target} | {drivers} | {r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
+        lines.append(f"| `{_cell(r.checkpoint)}` | {r.method} | {verdict} | {rule} | {stat} | {thr} | {target} | {drivers} | "
+                     f"{r.flagged_total} / {r.channels_total} (u={r.u:g}) |")
     for e in errors:
-        lines.append(f"| `{_cell(e.checkpoint)}` | - | **error** | - | - | - | {_cell(e.error)} | - |")
+        lines.append(f"| `{_cell(e.checkpoint)}` | - | **error** | - | - | - | - | {_cell(e.error)} | - |")
     for r in results:
         if top <= 0:
             break

@@ -78,16 +78,17 @@ def sarif_document(results: Sequence[ScanResult], errors: Sequence[ScanFailure] 
             continue
         uri = _uri(result.checkpoint)
         target = verdict.target
-        said = f"; suspected target class {target}" if target is not None else ""
+        said = f"; {verdict.target_text()}" if target is not None else ""
         findings.append(
             _result(
                 0,
                 "error",
-                f"{result.checkpoint}: {result.method} verdict suspicious (statistic {verdict.statistic:.2f} > threshold {verdict.threshold:g}){said}",
+                f"{result.checkpoint}: {result.method} verdict suspicious by rule {verdict.rule} (statistic {verdict.statistic:.2f} > "
+                f"threshold {verdict.threshold:g}){said}",
                 uri,
                 _fingerprint("BDP001", result.method),
                 {"method": result.method, "statistic": verdict.statistic, "threshold": verdict.threshold, "rule": verdict.rule,
-                 "target": target, "components": verdict.components,
+                 "target": target, "targets": verdict.targets, "components": verdict.components,
                  "channels": [{"layer": d["layer"], "channel": d["channel"]} for d in verdict.drivers]},
             )
         )

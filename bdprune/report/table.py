@@ -52,17 +52,12 @@ def verdict_line(result: ScanResult) -> str:
     if parts:
         line += f"; {parts}"
     if v.suspicious:
-        line += f"; {target_text(v)}"
+        line += f"; {v.target_text()}"
         if v.drivers:
             line += "; channels: " + ", ".join(f"{d['layer']}:{d['channel']}" for d in v.drivers)
     return line
 
 
-def target_text(v) -> str:
-    """``suspected target class 3`` or why none is named."""
-    if v.target is not None:
-        return f"suspected target class {v.target}"
-    return "target class not determined"
 
 
 @REPORTERS.register("table")
