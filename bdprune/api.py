@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -53,6 +55,24 @@ class Pruned(PruneOutcome):
         return data
 
 
+# The CLI's flags as the Python API spells them, for errors raised by code both share.
+PARAMETER_OF_FLAG = {"--method-arg": "method_args", "--max-acc-drop": "max_acc_drop", "--batch-size": "batch_size",
+                     "--fail-threshold": "fail_threshold", "--samples": "samples", "--normalize": "normalize", "--device": "device",
+                     "--method": "method", "--repair": "repair", "--seed": "seed", "--data": "data", "--val": "val", "--u": "u"}
+_FLAG = re.compile("|".join(re.escape(f) for f in sorted(PARAMETER_OF_FLAG, key=len, reverse=True)) + r"(?![\w-])")
+
+
+@contextmanager
+def _parameter_names():
+    """Errors from code the CLI shares name the API's parameters (``method_args=``), not its flags."""
+    try:
+        yield
+    except BdpruneError as exc:
+        message = _FLAG.sub(lambda m: PARAMETER_OF_FLAG[m.group(0)], exc.message)
+        hint = None if exc.hint is None else _FLAG.sub(lambda m: PARAMETER_OF_FLAG[m.group(0)], exc.hint)
+        raise BdpruneError(message, path=exc.path, hint=hint) from None
+
+
 def scan_model(
     model: nn.Module,
     data: Any = None,
@@ -80,6 +100,13 @@ def scan_model(
     ``name`` labels the result (default ``<ClassName>``). Returns a
     :class:`~bdprune.scoring.ScanResult`: ``ranked()``, ``flagged_channels()``, ``verdict``, and
     ``to_dict()``, the JSON report's document."""
+    with _parameter_names():
+        return _scan_model(model, data, labels, method, u, samples, seed, normalize, device, batch_size, fail_threshold,
+                           method_args, name, show_progress)
+
+
+def _scan_model(model, data, labels, method, u, samples, seed, normalize, device, batch_size, fail_threshold, method_args, name,
+                show_progress) -> ScanResult:
     dev = _device(model, device)
     check_batch_size(batch_size)
     check_samples(samples, seed)
@@ -124,6 +151,13 @@ def prune_model(
     ``unlearn``, or a :class:`~bdprune.repair.RepairSettings`) then recovers the pruned model on the
     labelled clean ``repair_data``, as ``prune --repair`` does. Returns :class:`Pruned`; ``.model``
     is the pruned (and repaired) module."""
+    with _parameter_names():
+        return _prune_model(model, result, u, k, channels, max_acc_drop, val, in_place, output, force, source, normalize, device,
+                            batch_size, repair, repair_data, seed)
+
+
+def _prune_model(model, result, u, k, channels, max_acc_drop, val, in_place, output, force, source, normalize, device, batch_size,
+                 repair, repair_data, seed) -> Pruned:
     max_acc_drop, by_k = _selection(result, u=u, k=k, channels=channels, max_acc_drop=max_acc_drop, val=val)
     settings = (repair if isinstance(repair, RepairSettings) else RepairSettings(str(repair))).check()
     if (settings.mode == "none") != (repair_data is None):

@@ -201,7 +201,7 @@ def test_budget_chooses_u_and_bnp_plus_needs_clean_labelled_data(model_and_scan,
         (lambda m, r, x: bdprune.scan_model(m, x[None]), "images have shape"),
         (lambda m, r, x: bdprune.scan_model(m, x.expand(-1, 3, -1, -1)), "3 channel\\(s\\) but the model takes 1"),
         (lambda m, r, x: bdprune.scan_model(m, x * float("nan")), "NaN"),
-        (lambda m, r, x: bdprune.scan_model(m, x, samples=0), "--samples must be at least 1"),
+        (lambda m, r, x: bdprune.scan_model(m, x, samples=0), "samples must be at least 1"),
         (lambda m, r, x: bdprune.scan_model(m, x, method="nope"), "nope"),
         (lambda m, r, x: bdprune.prune_model(m, r, u=1.0, k=2), "not u and k"),
         (lambda m, r, x: bdprune.prune_model(m, r, k=-1), "k must be a count"),
@@ -251,3 +251,16 @@ def test_prune_with_repair_is_the_masked_model_repaired_as_the_cli_does(model_an
     assert all(torch.equal(before[k], v) for k, v in bn_model.state_dict().items())
     with pytest.raises(BdpruneError, match="repair and repair_data go together"):
         bdprune.prune_model(bn_model, result, k=3, repair="unlearn")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(samples=0), "samples must be at least 1"),
+    (dict(method="anp", method_args={"iteration": 3}), "method_args 'iteration' is not a setting of anp"),
+    (dict(u=-1.0), "u must be a finite number"),
+    (dict(normalize="cifar"), "bad normalize 'cifar'"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
+])
+def test_api_errors_name_the_parameters_not_the_flags(bn_model, clean_images, kwargs, message):
+    with pytest.raises(BdpruneError, match=message) as info:
+        bdprune.scan_model(bn_model, clean_images, **kwargs)
+    assert "--" not in str(info.value)

@@ -133,32 +133,46 @@ def test_unlearn_without_triggers_is_exactly_finetune(bn_model):
         assert torch.equal(x, y), key
 
 
-def _fake_probe(monkeypatch, shares):
-    """The verdict's probe replaced by hand-made candidates (class, share), all kept."""
-    import bdprune.verdict as verdict
-    from bdprune.probe import Candidate, ProbeResult
+def _fake_probe(monkeypatch, candidates, explained):
+    """Make find_triggers see a probe with ``candidates`` whose best usable one explains ``explained``
+    (None: no candidate singles out a class); class_triggers returns the class's perturbations."""
+    import bdprune.repair as repair
+    from bdprune.class_probe import ProbeResult, SuspectTrigger
 
-    cands = [Candidate(f"b{i}", torch.full((1, 2, 2), float(i)), cls, share, share, 0.5, 0.1) for i, (cls, share) in enumerate(shares)]
-    monkeypatch.setattr(verdict, "trigger_candidates", lambda *a, **k: (cands, cands, ProbeResult(cands, 8, 8, 0.0)))
-    return cands
+    probe = ProbeResult([0.0] * 10, 0, 0.0, "", 8, 0.0, None, candidates)
+    usable = [c for c in candidates if c[2] >= 0.1]
+    best = max(usable, key=lambda c: c[2]) if usable else None
+    suspect = None if explained is None else SuspectTrigger(best[1], best[0], best[2], explained)
+    monkeypatch.setattr(repair, "suspect_trigger", lambda *a, **k: (probe, suspect))
+    monkeypatch.setattr(repair, "class_triggers", lambda model, images, probe, cls, **k: [c[3] for c in probe.candidates if c[1] == cls])
 
 
-def test_find_triggers_unlearns_every_class_a_trigger_singles_out(monkeypatch):
+def test_find_triggers_unlearns_the_class_the_verdict_suspects(monkeypatch):
     from bdprune.repair import find_triggers
-    from bdprune.verdict import TRIGGER_BAR
 
-    cands = _fake_probe(monkeypatch, [(3, TRIGGER_BAR + 0.1), (5, 0.2), (7, 0.9)])
+    d = torch.zeros(1, 2, 2)
+    _fake_probe(monkeypatch, [("l2=0.1", 3, 0.3, d), ("l1=0.01", 5, 0.2, d), ("l1=0.02", 5, 0.2, d)], explained=0.2)
     found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
-    assert found.targets == [3, 7] and found.share == 0.9
-    assert [p.tolist() for p in found.perturbations] == [cands[0].perturbation.tolist(), cands[2].perturbation.tolist()]
-    assert found.metadata() == {"unlearned_class": "3,7", "unlearned_share": "0.9000"}
-    assert "class 3, 7" in note and "2 synthesized triggers" in note
+    # explained 0.2 >= the verdict's bar 0.15: its class 3, although class 5 persists more (0.4 vs 0.3)
+    assert found.target == 3 and found.explained == 0.2 and found.persistence == pytest.approx(0.3)
+    assert found.metadata() == {"unlearned_class": "3", "unlearned_persistence": "0.3000", "unlearned_explained": "0.2000"}
+    assert "class 3" in note and "explains 0.200" in note
 
 
-def test_find_triggers_below_the_bar_unlearns_nothing(monkeypatch):
-    from bdprune.repair import find_triggers
-    from bdprune.verdict import TRIGGER_BAR
+def test_find_triggers_unlearns_a_persistent_class_below_the_explained_bar(monkeypatch):
+    from bdprune.repair import PERSISTENCE_BAR, find_triggers
 
-    _fake_probe(monkeypatch, [(3, TRIGGER_BAR), (5, 0.2)])  # at the bar is not above it
+    d = torch.zeros(1, 2, 2)
+    leads = [("l2=0.05", 4, 0.4, d), ("l2=0.1", 4, 0.3, d), ("l1=0.01", 4, 0.3, d), ("l1=0.02", 7, 0.5, d)]
+    _fake_probe(monkeypatch, leads, explained=0.05)
     found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
-    assert found is None and "found no trigger" in note and f"sends {TRIGGER_BAR:.0%} of the images" in note
+    assert PERSISTENCE_BAR == 1.0 and found.target == 4 and found.explained is None
+    assert found.persistence == pytest.approx(1.0) and len(found.perturbations) == 3
+    assert "unlearned_explained" not in found.metadata() and "persistence 1.00" in note
+    # just below the bar on both counts: nothing is unlearned
+    _fake_probe(monkeypatch, leads[1:], explained=0.149)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert found is None and "found no trigger" in note and "persistence 0.60" in note
+    _fake_probe(monkeypatch, [("l2=0.05", 4, 0.05, d)], explained=None)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert found is None and "no candidate singles out a class" in note

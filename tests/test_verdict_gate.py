@@ -1,8 +1,9 @@
-"""The CI gate at its defaults on real trained models: small CNNs trained here on scikit-learn's
-8x8 digits (the recipe of the verdict zoo's ``digits8-smallcnn8`` models, benchmarks/verdict_zoo.py;
-the bars were calibrated on that part of the zoo), scanned through the CLI with no method,
-threshold or u given. A backdoored model exits 1 and names its target class in every report
-format; the same model trained clean exits 0. Each model trains in about two seconds."""
+"""The CI gate at its defaults, on small trained models checked in as fixtures (tests/fixtures/,
+made by its make_fixtures.py and pinned by SHA256SUMS): scanned through the CLI with no method,
+threshold or u given, a backdoored model exits 1 and names its target class in every report
+format; the clean model exits 0. Fixed weights keep the outcome from depending on which CPU
+kernels trained the model (issue 25); how far the statistic moves with the kernels at inference
+is in benchmarks/RESULTS.md ("Kernel spread"). One test below still trains from scratch."""
 
 from __future__ import annotations
 
@@ -13,52 +14,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bdprune.archs import build_model
 from bdprune.cli import app
-from bdprune.training import poison, train_classifier
-from bdprune.triggers import parse_trigger
+from fixtures.make_fixtures import ARCH_ARGS, MODELS, digits_split, path_of, recorded, sha256, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ARGS = ["--arch", "smallcnn", "--arch-arg", "width=8", "--device", "cpu"]
-MODELS = {  # name: (trigger, rate, target, seed), as in the verdict zoo
-    "clean": (None, 0.0, None, 0),
-    "badnets": ("patch:size=2,pos=br,margin=0,color=1", 0.10, 5, 12),
-    "warp": ("warp:k=4,s=2,seed=1", 0.05, 0, 20),
-}
+ARGS = ["--arch", "smallcnn", *[a for k, v in ARCH_ARGS.items() for a in ("--arch-arg", f"{k}={v}")], "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory, one_torch_thread):
-    """The verdict zoo's digits8 split (seed 14): 300 clean held-out digits in an .npz and the
-    1,297 training digits."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
-    perm = np.random.default_rng(14).permutation(len(x))
-    clean, train = perm[:300], perm[500:][:1297]
-    root = tmp_path_factory.mktemp("gate")
-    np.savez(root / "clean.npz", images=x[clean], labels=y[clean])
-    return root, torch.from_numpy(np.ascontiguousarray(x[train])), torch.from_numpy(y[train])
-
-
-@pytest.fixture(scope="module")
-def checkpoints(digits):
-    root, x, y = digits
-    out = {}
-    for name, (trigger, rate, target, seed) in MODELS.items():
-        xs, ys = x, y
-        if trigger is not None:
-            ps = poison(x, y, parse_trigger(trigger), rate=rate, target=target, seed=seed)
-            xs, ys = ps.images, ps.labels
-        model, _ = build_model("smallcnn", None, arch_args={"width": "8", "in_channels": "1"})
-        train_classifier(model, xs, ys, epochs=30, seed=seed)
-        path = root / f"{name}.pt"
-        torch.save(model.state_dict(), path)
-        out[name] = path
-    return root / "clean.npz", out
+def clean_npz(tmp_path_factory):
+    """The fixtures' 300 held-out clean digits (scikit-learn's bundled 8x8 digits, split seed 14)."""
+    d = digits_split()
+    path = tmp_path_factory.mktemp("gate") / "clean.npz"
+    np.savez(path, images=d["clean_x"], labels=d["clean_y"])
+    return path
 
 
 def scan(path, data, fmt="json"):
@@ -67,35 +37,63 @@ def scan(path, data, fmt="json"):
     return result.exit_code, result.stdout
 
 
-@pytest.mark.parametrize("name", ["badnets", "warp"])
-def test_backdoored_model_fails_the_gate_and_names_its_target(checkpoints, name):
-    data, paths = checkpoints
-    code, out = scan(paths[name], data)
+def test_the_fixtures_are_the_recorded_files():
+    sums = recorded()
+    assert sorted(sums) == sorted(path_of(name).name for name in MODELS)
+    for name in MODELS:
+        assert sha256(path_of(name)) == sums[path_of(name).name], f"{name} is not the file make_fixtures.py recorded"
+
+
+@pytest.mark.parametrize("name", ["digits_blended", "digits_dynamic"])
+def test_backdoored_fixture_fails_the_gate_and_names_its_target(clean_npz, name):
+    code, out = scan(path_of(name), clean_npz)
     report = json.loads(out)
     verdict = report["verdict"]
-    assert code == 1 and verdict["label"] == "suspicious" and report["method"] == "bnp"
+    assert code == 1 and verdict["label"] == "suspicious" and report["method"] == "bnp" and verdict["rule"] == "bnp-trigger"
     assert verdict["threshold"] == 1.0 and verdict["statistic"] > 1.0
     assert verdict["components"]["trigger"]["value"] > verdict["components"]["trigger"]["bar"]
-    assert verdict["target"] == MODELS[name][2]
+    assert verdict["target"] == MODELS[name][2] and verdict["targets"] == [MODELS[name][2]]
     assert len(verdict["drivers"]) == 5
 
 
-def test_clean_twin_passes_the_gate(checkpoints):
-    data, paths = checkpoints
-    code, out = scan(paths["clean"], data)
+def test_clean_fixture_passes_the_gate(clean_npz):
+    code, out = scan(path_of("digits_clean"), clean_npz)
     verdict = json.loads(out)["verdict"]
     assert code == 0 and verdict["label"] == "clean" and verdict["statistic"] < 1.0
-    assert verdict["target"] is None and verdict["drivers"] == []
+    assert verdict["target"] is None and verdict["targets"] == [] and verdict["drivers"] == []
 
 
-def test_every_report_format_names_the_target(checkpoints):
-    data, paths = checkpoints
-    _, table = scan(paths["badnets"], data, "table")
-    assert "verdict: SUSPICIOUS" in table and "suspected target class 5" in table and "channels:" in table
-    _, md = scan(paths["badnets"], data, "markdown")
+def test_exit_zero_reports_the_backdoored_fixture_but_exits_0(clean_npz):
+    result = CliRunner().invoke(app, ["scan", str(path_of("digits_blended")), *ARGS, "--data", str(clean_npz), "-f", "json", "--exit-zero"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["verdict"]["label"] == "suspicious"
+
+
+def test_every_report_format_names_the_target_and_the_rule(clean_npz):
+    path = path_of("digits_blended")
+    _, table = scan(path, clean_npz, "table")
+    assert "verdict: SUSPICIOUS (bnp-trigger = " in table and "suspected target class 3" in table and "channels:" in table
+    _, md = scan(path, clean_npz, "markdown")
     row = next(line for line in md.splitlines() if line.startswith("| `"))
-    assert "**suspicious**" in row and "| 5 |" in row
-    _, sarif = scan(paths["badnets"], data, "sarif")
+    assert "**suspicious**" in row and "| bnp-trigger |" in row and "| 3 |" in row
+    _, sarif = scan(path, clean_npz, "sarif")
     [error] = [r for r in json.loads(sarif)["runs"][0]["results"] if r["ruleId"] == "BDP001"]
-    assert "suspected target class 5" in error["message"]["text"] and error["properties"]["target"] == 5
+    assert "by rule bnp-trigger" in error["message"]["text"] and "suspected target class 3" in error["message"]["text"]
+    assert error["properties"]["target"] == 3 and error["properties"]["rule"] == "bnp-trigger"
     assert len(error["properties"]["channels"]) == 5
+
+
+def test_a_backdoor_trained_here_scores_above_the_clean_model_trained_here(clean_npz, tmp_path):
+    """From scratch, on this machine's kernels: the Blended recipe against the clean one. The margin
+    asserted is what survived every kernel setting and repeated run measured (benchmarks/RESULTS.md,
+    "Kernel spread": backdoored 1.21-1.38, clean 0.02-0.36 on this machine's AMD EPYC); the exit code
+    of each is what the fixtures test, since a model trained elsewhere differs."""
+    from safetensors.torch import save_file
+
+    stats = {}
+    for name in ("digits_blended", "digits_clean"):
+        model = train(name)
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+        stats[name] = json.loads(scan(path, clean_npz)[1])["verdict"]["statistic"]
+    assert stats["digits_blended"] > stats["digits_clean"] + 0.5, stats
+    assert torch.get_num_threads() == 1

@@ -61,12 +61,14 @@ class JsonlSink:
         self._path = path
         self._stream = stream if stream is not None else sys.stdout
         self._file = None  # opened on the first row, so a run that fails up front leaves no file
+        self.written = 0  # rows written so far
 
     def write(self, line: str) -> None:
         """Append ``line`` and a line break, and make it durable before returning."""
         if self._path is None:
             self._stream.write(line + "\n")
             self._stream.flush()
+            self.written += 1
             return
         if self._file is None:
             _cut_partial_line(self._path)
@@ -74,6 +76,16 @@ class JsonlSink:
         self._file.write((line + "\n").encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.written += 1
+
+    def interrupted(self) -> str:
+        """What an interrupted run wrote, where, and how to finish it."""
+        if self._path is None:
+            return f"interrupted; {self.written} row(s) were written to stdout"
+        if not self.written:
+            return f"interrupted; no row was appended to {self._path}"
+        return (f"interrupted; {self.written} row(s) were appended to {self._path}: run the same command with "
+                f"--resume {self._path} to scan the rest")
 
     def close(self) -> None:
         """Close the file (stdout is left open)."""

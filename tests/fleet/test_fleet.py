@@ -133,3 +133,31 @@ def test_exit_code_is_the_worst_over_the_rows():
     assert FleetRun([Row(0, ok, None), Row(1, bad, None)]).exit_code() == EXIT_FINDINGS
     assert FleetRun([Row(0, bad, None), Row(1, ScanFailure("c.pt", "c.pt: broken"), None)]).exit_code() == EXIT_ERROR
     assert FleetRun([Row(0, ok, None)], resumed=[{"verdict": {"label": "suspicious"}}]).exit_code() == EXIT_FINDINGS
+
+
+def test_an_interrupted_fleet_says_what_it_wrote_and_how_to_resume(fleet, tmp_path, monkeypatch):
+    """Ctrl-C after one row: the error line names the rows appended and the --resume command, not
+    "no output was written"; exit 130; the row written stays."""
+    import bdprune.fleet as fleet_module
+
+    real = fleet_module.scan_one
+    calls = []
+
+    def interrupt_on_the_second(task, *args, **kwargs):
+        calls.append(task)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(fleet_module, "scan_one", interrupt_on_the_second)
+    out = tmp_path / "audit.jsonl"
+    result = scan(fleet.models, *ARGS, "--data", fleet.data, "-f", "jsonl", "-o", out)
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == (f"error: interrupted; 1 row(s) were appended to {out}: run the same command "
+                                                      f"with --resume {out} to scan the rest")
+    assert len(jsonl_rows(out.read_text())) == 1
+    none = tmp_path / "none.jsonl"
+    calls.clear()
+    calls.append(None)  # the first task is interrupted at once
+    result = scan(fleet.models, *ARGS, "--data", fleet.data, "-f", "jsonl", "-o", none)
+    assert result.exit_code == 130 and f"interrupted; no row was appended to {none}" in result.stderr and not none.exists()

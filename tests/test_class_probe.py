@@ -1,0 +1,132 @@
+"""The per-class probe of ``--repair unlearn`` and its explained divergence (bdprune.class_probe) against slow references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _slow_reference import bnp_reference
+
+from bdprune.class_probe import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
+                            project_l1)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_images(n: int, seed: int) -> torch.Tensor:
+    """``n`` float32 1x8x8 images in [0, 1] (what the conftest's ``bn_model`` eats)."""
+    return torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def l1_projection_reference(v: np.ndarray, radius: float) -> np.ndarray:
+    """Projection on the L1 ball by bisection on the soft threshold (one row)."""
+    if np.abs(v).sum() <= radius:
+        return v.copy()
+    lo, hi = 0.0, float(np.abs(v).max())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.maximum(np.abs(v) - mid, 0).sum() > radius:
+            lo = mid
+        else:
+            hi = mid
+    return np.sign(v) * np.maximum(np.abs(v) - hi, 0)
+
+
+def test_project_l1_matches_bisection():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 50))
+    v[0] *= 0.001  # already inside the ball: unchanged
+    for radius in (0.5, 3.0, 20.0):
+        got = project_l1(torch.from_numpy(v), radius).numpy()
+        for row, want in zip(got, (l1_projection_reference(r, radius) for r in v)):
+            np.testing.assert_allclose(row, want, atol=1e-9)
+            assert np.abs(row).sum() <= radius + 1e-9
+
+
+def test_mixture_kl_equals_the_kl_of_the_pooled_images(bn_model):
+    """A share p of perturbed images pooled with clean ones: the mixture's moments are exact (up
+    to the unbiased-variance factor, here ~1/200)."""
+    clean = make_images(160, seed=3)
+    perturbation = 0.3 * (make_images(1, seed=4)[0] - 0.5)
+    moved = (clean[:40] + perturbation).clamp(0, 1)
+    got = mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 40 / 200)
+    pooled = bnp_reference(bn_model, torch.cat([clean, moved]))
+    want = sum(float(v.sum()) for v in pooled.values())
+    assert got == pytest.approx(want, rel=2e-2)
+    base = sum(float(v.sum()) for v in bnp_reference(bn_model, clean).values())
+    assert mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 0.0) == pytest.approx(base, rel=1e-6)
+
+
+def test_a_zero_perturbation_explains_nothing(bn_model):
+    images = make_images(64, seed=5)
+    [e] = explained_divergence(bn_model, images, [torch.zeros(images.shape[1:])])
+    assert e == pytest.approx(0.0, abs=1e-9)
+
+
+def test_class_probe_shares_and_determinism(bn_model):
+    images = make_images(40, seed=6)
+    a, b = class_probe(bn_model, images), class_probe(bn_model, images)
+    assert a.images == 32 and len(a.success) == 10
+    assert all(0.0 <= s <= 1.0 for s in a.success) and 0.0 <= a.gap <= 1.0
+    assert a.success[a.target] == max(a.success)
+    assert (a.success, a.gap, a.budget) == (b.success, b.gap, b.budget)
+    assert len(a.candidates) == 8 and all(p.shape == images.shape[1:] for *_, p in a.candidates)
+    for budget, _, _, p in a.candidates:  # every candidate stays within its budget
+        kind, value = budget.split("=")
+        dim = p.numel()
+        if kind == "l2":
+            assert float(p.norm()) <= float(value) * math.sqrt(dim) * (1 + 1e-5)
+        else:
+            assert float(p.abs().sum()) <= float(value) * dim * (1 + 1e-5)
+    assert all(p.requires_grad for p in bn_model.parameters())  # restored
+
+
+def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
+    """Forward: clamp to [0, 1]. Backward: 1 wherever 0 <= x <= 1 (bounds included), 0 outside,
+    whatever torch's own clamp does at the bounds (its gradient there changed in 2.14)."""
+    from bdprune.class_probe import clip_pixels
+
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    y = clip_pixels(x)
+    assert y.tolist() == [0.0, 0.0, pytest.approx(0.3), 1.0, 1.0]
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def _probe(candidates, classes=4) -> ProbeResult:
+    """A probe result with hand-made candidates (budget, class, gap, perturbation)."""
+    return ProbeResult([0.0] * classes, 0, 0.0, "", 8, 0.0, None, candidates)
+
+
+def test_persistence_sums_each_class_lead_where_it_leads_by_min_gap():
+    delta = torch.zeros(1, 2, 2)
+    probe = _probe([("l2=0.05", 1, 0.5, delta), ("l2=0.1", 1, 0.25, delta), ("l2=0.2", 2, 0.0, delta),
+                    ("l1=0.01", 1, 0.05, delta), ("l1=0.02", 3, 0.1, delta), ("l1=0.04", 3, 0.099, delta)])
+    # by hand: class 1 = 0.5 + 0.25 (0.05 < 0.1 left out); class 3 = 0.1 (0.099 left out); class 2 leads by nothing
+    assert persistence(probe, 0.1) == pytest.approx([0.0, 0.75, 0.0, 0.1])
+    assert persistence(probe, 0.0) == pytest.approx([0.0, 0.8, 0.0, 0.199])
+
+
+def test_class_triggers_keep_the_leading_candidates_and_the_weak_ones_that_explain(monkeypatch):
+    import bdprune.class_probe as target
+
+    d = [torch.full((1, 2, 2), float(i)) for i in range(5)]
+    probe = _probe([("a", 2, 0.4, d[0]), ("b", 2, 0.0, d[1]), ("c", 1, 0.9, d[2]), ("d", 2, 0.05, d[3]), ("e", 2, 0.1, d[4])])
+    shares = {1.0: 0.2, 3.0: 0.1}  # what the weak class-2 candidates explain, by their value
+    seen = []
+
+    def fake_explained(model, images, perturbations, **kw):
+        seen.append([float(p[0, 0, 0]) for p in perturbations])
+        return [shares[float(p[0, 0, 0])] for p in perturbations]
+
+    monkeypatch.setattr(target, "explained_divergence", fake_explained)
+    got = class_triggers(None, None, probe, 2, min_gap=0.1, min_explained=0.15)
+    # leading: a (0.4) and e (0.1, at the bar); weak: b explains 0.2 (kept), d 0.1 (left out); c is another class;
+    # in the probe's order
+    assert [float(t[0, 0, 0]) for t in got] == [0.0, 1.0, 4.0]
+    assert seen == [[1.0, 3.0]]  # only the weak candidates of the class are measured
+    seen.clear()
+    assert [float(t[0, 0, 0]) for t in class_triggers(None, None, probe, 1, min_gap=0.1, min_explained=0.15)] == [2.0]
+    assert seen == []
