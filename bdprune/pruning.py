@@ -140,7 +140,32 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
     acc = (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm))
     notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
                  f"-> {acc[2]:.2f}% repaired")
+    residual_note, residual_meta = residual_trigger(repaired, clean, resolved, repair.mode)
+    notes.append(residual_note)
+    meta.update(residual_meta)
     return repaired, acc, notes, meta
+
+
+def residual_trigger(model: nn.Module, clean: ImageSet, resolved: Resolved, mode: str) -> tuple[str, dict[str, str]]:
+    """Whether a trigger can still be synthesized in the repaired model, as a note and the file's
+    ``residual_*`` metadata: the per-class probe of ``unlearn`` (bdprune.class_probe) run again, and
+    the persistence of its most persistent class (its leads over the next class, summed over the
+    budgets where it leads by MIN_GAP) against the bar ``unlearn`` acts on. The verdict's own probe
+    cannot do this: every repair re-estimates the BN running statistics on clean data, which takes
+    away the divergence it matches. A check after the fact, not a proof: a purified model can still
+    re-learn its backdoor from a few poisoned samples."""
+    from .class_probe import MIN_GAP, class_probe, persistence
+    from .repair import PERSISTENCE_BAR
+
+    probe = class_probe(model, clean.images, device=resolved.device, normalize=resolved.normalize)
+    if probe is None:
+        return f"after --repair {mode} no residual check: the per-class probe does not run on this many classes", {}
+    lead = persistence(probe, MIN_GAP)
+    cls = max(range(len(lead)), key=lead.__getitem__)
+    found = lead[cls] >= PERSISTENCE_BAR
+    meta = {"residual_class": str(cls), "residual_persistence": f"{lead[cls]:.4f}", "residual_trigger": "yes" if found else "no"}
+    verdict = "a trigger can still be synthesized" if found else f"no class reaches the bar {PERSISTENCE_BAR:g}"
+    return f"after --repair {mode} the per-class probe's most persistent class is {cls} ({lead[cls]:.2f}): {verdict}", meta
 
 
 def outcome_metadata(outcome: PruneOutcome, samples: int, source: Path | None, fill: Fill | None, extra: Mapping[str, str], *,

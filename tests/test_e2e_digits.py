@@ -272,6 +272,8 @@ def test_repair_unlearn_removes_the_backdoor_and_keeps_accuracy(tmp_path):
     meta, model, stderr = _unlearn_fixture("digits_badnets", tmp_path, "unlearn")
     assert meta["repair"] == "unlearn" and meta["unlearned_class"] == "5"
     assert "unlearned" in stderr
+    # the residual check: the per-class probe run on the repaired model finds no persistent class
+    assert meta["residual_trigger"] == "no" and float(meta["residual_persistence"]) < 1.0 and "after --repair unlearn the per-class probe" in stderr
     before = smallcnn(num_classes=10, in_channels=1, width=WIDTH)
     from safetensors.torch import load_file
 
@@ -289,3 +291,13 @@ def test_repair_unlearn_on_the_clean_model_finds_no_trigger_and_is_finetune(tmp_
     _, finetuned, _ = _unlearn_fixture("digits_clean", tmp_path, "finetune")
     for (key, a), (_, b) in zip(model.state_dict().items(), finetuned.state_dict().items()):
         assert torch.equal(a, b), key
+
+
+def test_the_residual_check_still_finds_the_trigger_fine_tuning_left_in_place(tmp_path):
+    """--repair finetune alone leaves the Blended backdoor (ASR 98%); the per-class probe run on the
+    repaired model says so in the notes and the file (residual_trigger yes, its class the
+    backdoor's; persistence 2.99 measured, bar 1). It does not catch every leftover: on the BadNets
+    and dynamic fixtures it stays under its bar (0.12, 0.38) with ASR 67% and 100% left."""
+    meta, _, stderr = _unlearn_fixture("digits_blended", tmp_path, "finetune")
+    assert meta["residual_trigger"] == "yes" and meta["residual_class"] == "3" and float(meta["residual_persistence"]) >= 1.0
+    assert "a trigger can still be synthesized" in stderr
