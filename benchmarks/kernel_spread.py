@@ -91,7 +91,11 @@ def run_all() -> list[tuple[dict, dict]]:
     rows = []
     for env in SETTINGS:
         proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True,
-                              env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=True)
+                              env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:  # e.g. ATEN_CPU_CAPABILITY=avx512 on a CPU without it: torch dies of SIGILL
+            rows.append((env, {"failed": f"exit {proc.returncode}" + (" (SIGILL: the CPU lacks these instructions)" if proc.returncode == -4 else "")}))
+            print(env, rows[-1][1], file=sys.stderr, flush=True)
+            continue
         line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
         rows.append((env, json.loads(line[len("RESULT "):])))
         print(env, rows[-1][1], file=sys.stderr, flush=True)
@@ -101,6 +105,8 @@ def run_all() -> list[tuple[dict, dict]]:
 def table(rows: list[tuple[dict, dict]]) -> str:
     from bdprune.verdict import TRIGGER_BAR
 
+    failed = [(env, r) for env, r in rows if "failed" in r]
+    rows = [(env, r) for env, r in rows if "failed" not in r]
     names = list(rows[0][1]["fixtures"])
     head = ["setting", "capability"] + [f"fixture {n[7:]}" for n in names] + [f"trained {n[7:]}" for n in names] + ["unlearn ACC / ASR after"]
     zoo = list(rows[0][1]["zoo"])
@@ -119,6 +125,7 @@ def table(rows: list[tuple[dict, dict]]) -> str:
     notes.append(f"- unlearn on the BadNets fixture, after: ACC {min(a for a, _ in after):.1f}-{max(a for a, _ in after):.1f}, "
                  f"ASR {min(b for _, b in after):.1f}-{max(b for _, b in after):.1f} (before: ACC {rows[0][1]['unlearn']['before'][0]:.1f}, "
                  f"ASR {rows[0][1]['unlearn']['before'][1]:.1f})")
+    notes += [f"- {', '.join(f'{k}={v}' for k, v in env.items())}: not measured, the process failed ({r['failed']})" for env, r in failed]
     return "\n".join(lines + ["", f"Ranges over the settings (verdict statistic; suspicious above 1, i.e. a share above {TRIGGER_BAR:g}):", ""] + notes)
 
 

@@ -1,5 +1,7 @@
 """Verdict zoo: small clean and backdoored BatchNorm models on three kinds of input, to choose the
-checkpoint-level verdict statistic on one part and measure it on another (issue 14).
+checkpoint-level verdict statistic on one part and measure it on another (issue 14). It measures
+the verdict of that issue (the per-class probe's explained share, now bdprune/class_probe.py); the
+current verdict is measured on benchmarks/detection_zoo.py.
 
 Kinds of input (each split once, seeded, into training, clean (BNP's samples) and test images):
 
@@ -236,7 +238,7 @@ def probe_path(spec: Spec) -> Path:
 def probe_one(spec: Spec) -> dict:
     """The class probe (bdprune.probe.class_probe) of ``spec`` on its kind's clean samples (cached)."""
     from bdprune.core import load_model, load_samples
-    from bdprune.probe import class_probe, explained_divergence
+    from bdprune.class_probe import class_probe, explained_divergence
 
     path = probe_path(spec)
     if path.exists():
@@ -283,8 +285,8 @@ def statistics_of(scan: dict, probe: dict | None) -> dict[str, float]:
     from types import SimpleNamespace
 
     from bdprune.repair import PERSISTENCE_BAR
-    from bdprune.probe import persistence
-    from bdprune.verdict import EXPLAINED_BAR, KL_RATIO_BAR, MIN_GAP, kl_ratio
+    from bdprune.class_probe import EXPLAINED_BAR, MIN_GAP, persistence
+    from bdprune.verdict import KL_RATIO_BAR, kl_ratio
 
     layers = [SimpleNamespace(name=l["name"], scores=l["scores"]) for l in scan["layers"]]
     every = np.array([v for l in layers for v in l.scores])
@@ -310,7 +312,7 @@ def statistics_of(scan: dict, probe: dict | None) -> dict[str, float]:
 
 def probe_class(probe: dict) -> int | None:
     """The class of the usable candidate that explains most (the verdict's suspected target)."""
-    from bdprune.verdict import MIN_GAP
+    from bdprune.class_probe import MIN_GAP
 
     usable = [(e, cand[1]) for e, cand in zip(probe["explained"], probe["candidates"]) if cand[2] >= MIN_GAP]
     return max(usable)[1] if usable else None
@@ -339,7 +341,7 @@ def part_of(name: str, part: str) -> str:
 
 
 def report(rows: list[dict], stat: str = "verdict (explained / bar)") -> str:
-    from bdprune.verdict import TARGET_EXPLAINED
+    TARGET_EXPLAINED = 0.1  # the old verdict named the probe's class when its explained share was at least this
 
     lines = []
     bd = lambda sel: [r for r in sel if r["attack"] != "clean"]  # noqa: E731
@@ -385,7 +387,8 @@ PARTS = ("cal", "eval-seen", "eval-fresh", "eval-seen+eval-fresh")
 
 def results_section(rows: list[dict]) -> str:
     """The RESULTS.md section: how the zoo was made, then :func:`report`."""
-    from bdprune.verdict import EXPLAINED_BAR, KL_RATIO_BAR
+    from bdprune.class_probe import EXPLAINED_BAR
+    from bdprune.verdict import KL_RATIO_BAR
 
     n = {part: (sum(r["part"] == part and r["attack"] != "clean" for r in rows), sum(r["part"] == part and r["attack"] == "clean" for r in rows))
          for part in PARTS[:3]}

@@ -84,9 +84,10 @@ def test_every_report_format_names_the_target_and_the_rule(clean_npz):
 
 def test_a_backdoor_trained_here_scores_above_the_clean_model_trained_here(clean_npz, tmp_path):
     """From scratch, on this machine's kernels: the Blended recipe against the clean one. The margin
-    asserted is what survived every kernel setting and repeated run measured (benchmarks/RESULTS.md,
-    "Kernel spread": backdoored 1.21-1.38, clean 0.02-0.36 on this machine's AMD EPYC); the exit code
-    of each is what the fixtures test, since a model trained elsewhere differs."""
+    asserted is half the smallest gap measured over six kernel settings (benchmarks/RESULTS.md,
+    "Kernel spread", on a 2-core AMD EPYC: Blended trained here 1.34-1.38, clean 0.00-0.29); the exit
+    code of each is what the fixtures test, since a model trained elsewhere differs (the BadNets
+    recipe trained here scored 0.94-1.00 against its fixture's 1.07: training alone can cross the bar)."""
     from safetensors.torch import save_file
 
     stats = {}
