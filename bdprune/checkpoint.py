@@ -177,10 +177,22 @@ def _load_torch(path: Path, *, trust_pickle: bool) -> object:
 
 def _harmless_globals():
     """Let the weights-only unpickler build ``argparse.Namespace`` (an attribute bag: constructing
-    one runs no code, and everything inside it is still checked); torch 2.4 has no scoped way, so
-    there such files are refused as before."""
+    one runs no code, and everything inside it is still checked), for this load only."""
     scoped = getattr(torch.serialization, "safe_globals", None)
-    return scoped([argparse.Namespace]) if scoped is not None else contextlib.nullcontext()
+    return scoped([argparse.Namespace]) if scoped is not None else _allowed_for_this_load([argparse.Namespace])
+
+
+@contextlib.contextmanager
+def _allowed_for_this_load(classes: list[type]):
+    """torch 2.4 has only the process-wide allowlist: add to it, then put back what was there."""
+    serialization = torch.serialization
+    before = serialization.get_safe_globals()
+    serialization.add_safe_globals(classes)
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(before)
 
 
 def _refused_by_safe_unpickler(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click_exceptions
 
 from ._version import __version__
+from .cli_help import panelled
 
 app = typer.Typer(
     name="bdprune",
@@ -32,21 +33,21 @@ app = typer.Typer(
 _debug = False
 
 # Options shared by several commands.
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture: a built-in name (`bdprune archs`), torchvision:NAME, timm:NAME, file.py:factory or module:factory.", metavar='NAME')]
-ArchArgOpt = Annotated[Optional[List[str]], typer.Option("--arch-arg", help="key=value passed to the architecture factory (repeatable).", metavar='KEY=VALUE')]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier size; inferred from the checkpoint when omitted.", metavar='N')]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", help="Images: .npz (images/labels or x/y), an ImageFolder directory or CIFAR-10 python batches.", metavar='PATH')]
-SamplesOpt = Annotated[int, typer.Option("--samples", "-n", help="How many samples to draw from --data (deterministic with --seed).", metavar='N')]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing samples.", metavar='N')]
-NormalizeOpt = Annotated[str, typer.Option("--normalize", help="none, cifar10, imagenet, mnist, MEAN,STD or m1,m2,m3,s1,s2,s3 (the paper: none).", metavar='SPEC')]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.", metavar='DEVICE')]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.", metavar='N')]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="bnp, ep, clp, anp, rnp (published) or bnp+ (`bdprune methods`); default bnp with --data, else clp.", metavar='NAME')]
-UOpt = Annotated[Optional[float], typer.Option("--u", "-u", help="Threshold: standard deviations per layer (bnp/ep/clp, default 3) or over the network (bnp+); the largest mask pruned (anp/rnp, default 0.2).", show_default=False, metavar='U')]
-MethodArgOpt = Annotated[Optional[List[str]], typer.Option("--method-arg", help="key=value setting of the method, e.g. iterations=500 for anp (repeatable; `bdprune methods` lists them).", metavar='KEY=VALUE')]
-TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow full pickles (can run code from the file). Only for files you trust.")]
-StripPrefixOpt = Annotated[Optional[str], typer.Option("--strip-prefix", help="Key prefix the model's weights sit under (e.g. model.), where detection cannot decide; entries outside it are left out.", metavar='PREFIX')]
-ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", help="Resize the images to H[,W]: shorter side, then a centre crop (also runs images far larger than the architecture's input at the size given).", metavar='H[,W]')]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", "-a", rich_help_panel="Input", help="Architecture: a built-in name (`bdprune archs`), torchvision:NAME, timm:NAME, file.py:factory or module:factory.", metavar='NAME')]
+ArchArgOpt = Annotated[Optional[List[str]], typer.Option("--arch-arg", rich_help_panel="Input", help="key=value passed to the architecture factory (repeatable).", metavar='KEY=VALUE')]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", rich_help_panel="Input", help="Classifier size; inferred from the checkpoint when omitted.", metavar='N')]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", rich_help_panel="Input", help="Images: .npz (images/labels or x/y), an ImageFolder directory or CIFAR-10 python batches.", metavar='PATH')]
+SamplesOpt = Annotated[int, typer.Option("--samples", "-n", rich_help_panel="Input", help="How many samples to draw from --data (deterministic with --seed).", metavar='N')]
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel="Input", help="Seed for drawing samples.", metavar='N')]
+NormalizeOpt = Annotated[str, typer.Option("--normalize", rich_help_panel="Input", help="none, cifar10, imagenet, mnist, MEAN,STD or m1,m2,m3,s1,s2,s3 (the paper: none).", metavar='SPEC')]
+DeviceOpt = Annotated[str, typer.Option("--device", rich_help_panel="Compute", help="auto (CUDA when available), cpu, cuda or cuda:N.", metavar='DEVICE')]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", rich_help_panel="Compute", help="Images per forward pass.", metavar='N')]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", rich_help_panel="Method", help="bnp, ep, clp, anp, rnp (published) or bnp+ (`bdprune methods`); default bnp with --data, else clp.", metavar='NAME')]
+UOpt = Annotated[Optional[float], typer.Option("--u", "-u", rich_help_panel="Thresholds", help="Threshold: standard deviations per layer (bnp/ep/clp, default 3) or over the network (bnp+); the largest mask pruned (anp/rnp, default 0.2).", show_default=False, metavar='U')]
+MethodArgOpt = Annotated[Optional[List[str]], typer.Option("--method-arg", rich_help_panel="Method", help="key=value setting of the method, e.g. iterations=500 for anp (repeatable; `bdprune methods` lists them).", metavar='KEY=VALUE')]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel="Input", help="Allow full pickles (can run code from the file). Only for files you trust.")]
+StripPrefixOpt = Annotated[Optional[str], typer.Option("--strip-prefix", rich_help_panel="Input", help="Key prefix the model's weights sit under (e.g. model.), where detection cannot decide; entries outside it are left out.", metavar='PREFIX')]
+ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Input", help="Resize the images to H[,W]: shorter side, then a centre crop (also runs images far larger than the architecture's input at the size given).", metavar='H[,W]')]
 
 
 def _version(value: bool) -> None:
@@ -131,9 +132,9 @@ def _note(text: str) -> None:
     stderr_console().print(f"note: {one_line(text)}", style="dim", markup=False, highlight=False, emoji=False)
 
 
-@app.command(epilog="Examples:\n\n  bdprune scan model.pt --arch resnet18 --data clean.npz\n\n  bdprune scan model.pt --arch resnet18 --data clean.npz --format html -o report.html\n\n  bdprune scan models/ --arch resnet18 --data clean.npz --jobs 4 --format jsonl --resume audit.jsonl")
+@app.command(cls=panelled(checkpoints="Checkpoint files (.pt/.pth/.bin/.safetensors) or directories of them."), epilog="Examples:\n\n  bdprune scan model.pt --arch resnet18 --data clean.npz\n\n  bdprune scan model.pt --arch resnet18 --data clean.npz --format html -o report.html\n\n  bdprune scan models/ --arch resnet18 --data clean.npz --jobs 4 --format jsonl --resume audit.jsonl")
 def scan(
-    checkpoints: Annotated[List[Path], typer.Argument(help="Checkpoint files (.pt/.pth/.bin/.safetensors) or directories of them.", show_default=False, metavar="CHECKPOINT...")],
+    checkpoints: Annotated[List[Path], typer.Argument(show_default=False, metavar="CHECKPOINT")],
     arch: ArchOpt = None,
     method: MethodOpt = None,
     data: DataOpt = None,
@@ -142,21 +143,21 @@ def scan(
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
-    top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.", metavar='N')] = 20,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, sarif, markdown, html (one self-contained page with plots; needs bdprune[plot]) or jsonl (one JSON row per checkpoint, with its sha256, written as each finishes: completion order; -o FILE appends).", metavar='FORMAT')] = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.", metavar='FILE')] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw every channel's score per layer, flags, thresholds and the verdict to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
-    fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).", metavar='X')] = None,
-    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a checkpoint is suspicious (report-only runs).")] = False,
+    top: Annotated[int, typer.Option("--top", "-k", rich_help_panel="Output", help="How many channels the ranked table shows.", metavar='N')] = 20,
+    output_format: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Output", help="table, json, sarif, markdown, html (one self-contained page with plots; needs bdprune[plot]) or jsonl (one JSON row per checkpoint, with its sha256, written as each finishes: completion order; -o FILE appends).", metavar='FORMAT')] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel="Output", help="Write the report to FILE instead of stdout.", metavar='FILE')] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", rich_help_panel="Output", help="Also draw every channel's score per layer, flags, thresholds and the verdict to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
+    fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", rich_help_panel="Thresholds", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).", metavar='X')] = None,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", rich_help_panel="Thresholds", help="Exit 0 even when a checkpoint is suspicious (report-only runs).")] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
     num_classes: NumClassesOpt = None,
     arch_arg: ArchArgOpt = None,
     trust_pickle: TrustOpt = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Scan N checkpoints at a time, in N worker processes (default 1: one after another in this process).", metavar='N')] = 1,
-    use_ray: Annotated[bool, typer.Option("--ray", help="One Ray task per checkpoint, on the cluster at RAY_ADDRESS or a new local one (needs bdprune[ray]; every node must see the checkpoint paths).")] = False,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Run the Ray tasks on the existing cluster at ADDRESS (implies --ray).", metavar='ADDRESS')] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="With --format jsonl: skip checkpoints whose SHA-256 has a row without an error in FILE (an earlier run's report) and append the new rows to FILE.", metavar='FILE')] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", rich_help_panel="Fleet", help="Scan N checkpoints at a time, in N worker processes (default 1: one after another in this process).", metavar='N')] = 1,
+    use_ray: Annotated[bool, typer.Option("--ray", rich_help_panel="Fleet", help="One Ray task per checkpoint, on the cluster at RAY_ADDRESS or a new local one (needs bdprune[ray]; every node must see the checkpoint paths).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", rich_help_panel="Fleet", help="Run the Ray tasks on the existing cluster at ADDRESS (implies --ray).", metavar='ADDRESS')] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", rich_help_panel="Fleet", help="With --format jsonl: skip checkpoints whose SHA-256 has a row without an error in FILE (an earlier run's report) and append the new rows to FILE.", metavar='FILE')] = None,
     strip_prefix: StripPrefixOpt = None,
     image_size: ImageSizeOpt = None,
 ) -> None:
@@ -250,23 +251,23 @@ def _emit(output_format: str, results, output: Path | None, *, top: int, errors=
     _note(f"report written to {output}")
 
 
-@app.command(epilog="Examples:\n\n  bdprune prune model.pt --arch resnet18 --data clean.npz --repair unlearn -o clean.safetensors\n\n  bdprune prune model.pt --arch resnet18 --method bnp --u 3 --data clean.npz\n\n  bdprune prune model.pt --arch resnet18 --channels report.json")
+@app.command(cls=panelled(checkpoint="Checkpoint to prune (never modified)."), epilog="Examples:\n\n  bdprune prune model.pt --arch resnet18 --data clean.npz --repair unlearn -o clean.safetensors\n\n  bdprune prune model.pt --arch resnet18 --method bnp --u 3 --data clean.npz\n\n  bdprune prune model.pt --arch resnet18 --channels report.json")
 def prune(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune (never modified).", show_default=False, metavar="CHECKPOINT")],
+    checkpoint: Annotated[Path, typer.Argument(show_default=False, metavar="CHECKPOINT")],
     arch: ArchOpt,
     method: MethodOpt = None,
     data: DataOpt = None,
     u: UOpt = None,
     method_arg: MethodArgOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .safetensors (default: <stem>.pruned.safetensors beside the input).", metavar='FILE')] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
-    channels: Annotated[Optional[Path], typer.Option("--channels", help="Prune exactly the channels flagged in this `scan --format json` report.", metavar='REPORT')] = None,
-    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points. bnp+ always uses a budget (default 1, on --data unless --val is given) to choose how many top-ranked channels to prune.", metavar='POINTS')] = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled clean validation data for --max-acc-drop and --repair (never test or poisoned data).", metavar='PATH')] = None,
-    repair: Annotated[str, typer.Option("--repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics), finetune (all weights; pruned channels stay pruned) or unlearn (finetune with the trigger the verdict's class probe synthesizes, true labels: removes the backdoor; see README).", metavar='MODE')] = "none",
-    repair_epochs: Annotated[int, typer.Option("--repair-epochs", help="Epochs of --repair finetune or unlearn.", metavar='N')] = 10,
-    repair_lr: Annotated[float, typer.Option("--repair-lr", help="SGD learning rate of --repair finetune or unlearn.", metavar='LR')] = 0.01,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw clean accuracy against channels pruned along the --max-acc-drop search, chosen point marked, to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel="Output", help="Output .safetensors (default: <stem>.pruned.safetensors beside the input).", metavar='FILE')] = None,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel="Output", help="Replace an existing output file.")] = False,
+    channels: Annotated[Optional[Path], typer.Option("--channels", rich_help_panel="Method", help="Prune exactly the channels flagged in this `scan --format json` report.", metavar='REPORT')] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", rich_help_panel="Thresholds", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points. bnp+ always uses a budget (default 1, on --data unless --val is given) to choose how many top-ranked channels to prune.", metavar='POINTS')] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", rich_help_panel="Input", help="Labelled clean validation data for --max-acc-drop and --repair (never test or poisoned data).", metavar='PATH')] = None,
+    repair: Annotated[str, typer.Option("--repair", rich_help_panel="Repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics), finetune (all weights; pruned channels stay pruned) or unlearn (finetune with the trigger the verdict's class probe synthesizes, true labels: removes the backdoor; see README).", metavar='MODE')] = "none",
+    repair_epochs: Annotated[int, typer.Option("--repair-epochs", rich_help_panel="Repair", help="Epochs of --repair finetune or unlearn.", metavar='N')] = 10,
+    repair_lr: Annotated[float, typer.Option("--repair-lr", rich_help_panel="Repair", help="SGD learning rate of --repair finetune or unlearn.", metavar='LR')] = 0.01,
+    plot: Annotated[Optional[Path], typer.Option("--plot", rich_help_panel="Output", help="Draw clean accuracy against channels pruned along the --max-acc-drop search, chosen point marked, to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
     normalize: NormalizeOpt = "none",
@@ -318,16 +319,16 @@ def _check_prune_plot(plot: Path, method, data, max_acc_drop, channels, *, input
     check_plot_path(plot, inputs=inputs)
 
 
-@app.command(name="eval", epilog="Examples:\n\n  bdprune eval model.pt --arch resnet18 --data test.npz --trigger patch:size=3,pos=br --target 0 --compare clean.safetensors\n\n  bdprune eval model.pt --arch resnet18 --data test.npz --format json")
+@app.command(cls=panelled(checkpoint="Checkpoint to evaluate."), name="eval", epilog="Examples:\n\n  bdprune eval model.pt --arch resnet18 --data test.npz --trigger patch:size=3,pos=br --target 0 --compare clean.safetensors\n\n  bdprune eval model.pt --arch resnet18 --data test.npz --format json")
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.", show_default=False, metavar="CHECKPOINT")],
+    checkpoint: Annotated[Path, typer.Argument(show_default=False, metavar="CHECKPOINT")],
     arch: ArchOpt,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled clean test images.", metavar='PATH')],
-    target: Annotated[Optional[int], typer.Option("--target", "-t", help="The attack's target label (for ASR).", metavar='CLASS')] = None,
-    trigger: Annotated[Optional[str], typer.Option("--trigger", help="patch:size=3,pos=br | patch:image=P.png | blend:noise,seed=S,alpha=0.2 | blend:image=P.png,alpha=0.2 | sig:delta=0.08,freq=6", metavar='SPEC')] = None,
-    poisoned: Annotated[Optional[Path], typer.Option("--poisoned", help="Already-triggered images (optional true_labels array).", metavar='PATH')] = None,
-    compare: Annotated[Optional[Path], typer.Option("--compare", help="A second checkpoint (e.g. the pruned one) evaluated on the same data.", metavar='CHECKPOINT')] = None,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table or json.", metavar='FORMAT')] = "table",
+    data: Annotated[Path, typer.Option("--data", "-d", rich_help_panel="Input", help="Labelled clean test images.", metavar='PATH')],
+    target: Annotated[Optional[int], typer.Option("--target", "-t", rich_help_panel="Input", help="The attack's target label (for ASR).", metavar='CLASS')] = None,
+    trigger: Annotated[Optional[str], typer.Option("--trigger", rich_help_panel="Input", help="patch:size=3,pos=br | patch:image=P.png | blend:noise,seed=S,alpha=0.2 | blend:image=P.png,alpha=0.2 | sig:delta=0.08,freq=6", metavar='SPEC')] = None,
+    poisoned: Annotated[Optional[Path], typer.Option("--poisoned", rich_help_panel="Input", help="Already-triggered images (optional true_labels array).", metavar='PATH')] = None,
+    compare: Annotated[Optional[Path], typer.Option("--compare", rich_help_panel="Input", help="A second checkpoint (e.g. the pruned one) evaluated on the same data.", metavar='CHECKPOINT')] = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", rich_help_panel="Output", help="table or json.", metavar='FORMAT')] = "table",
     normalize: NormalizeOpt = "none",
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 256,
@@ -354,13 +355,13 @@ def evaluate(
     raise typer.Exit(_guarded(run))
 
 
-@app.command(epilog="Examples:\n\n  bdprune demo\n\n  bdprune demo --repair none --output-dir out/")
+@app.command(cls=panelled(), epilog="Examples:\n\n  bdprune demo\n\n  bdprune demo --repair none --output-dir out/")
 def demo(
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Keep the pruned model here (default: a temporary directory, removed).", metavar='DIR')] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing pruned file in --output-dir.")] = False,
-    top: Annotated[int, typer.Option("--top", "-k", help="How many channels the ranked table shows.", metavar='N')] = 10,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", rich_help_panel="Output", help="Keep the pruned model here (default: a temporary directory, removed).", metavar='DIR')] = None,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel="Output", help="Replace an existing pruned file in --output-dir.")] = False,
+    top: Annotated[int, typer.Option("--top", "-k", rich_help_panel="Output", help="How many channels the ranked table shows.", metavar='N')] = 10,
     device: DeviceOpt = "auto",
-    repair: Annotated[str, typer.Option("--repair", help="The repair after pruning: unlearn (default, what the README recommends), finetune, bn or none (BNP alone).", metavar='MODE')] = "unlearn",
+    repair: Annotated[str, typer.Option("--repair", rich_help_panel="Repair", help="The repair after pruning: unlearn (default, what the README recommends), finetune, bn or none (BNP alone).", metavar='MODE')] = "unlearn",
 ) -> None:
     """Run scan -> prune -> eval on the built-in backdoored MNIST model and show what each step does."""
 
@@ -373,8 +374,8 @@ def demo(
     raise typer.Exit(_guarded(run))
 
 
-@app.command()
-def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*'.", metavar="PATTERN")] = "*") -> None:
+@app.command(cls=panelled(pattern="Shell-style filter, e.g. 'resnet*' (default: every one)."))
+def archs(pattern: Annotated[str, typer.Argument(metavar="PATTERN", show_default=False)] = "*") -> None:
     """List the built-in architectures."""
 
     def run() -> int:
@@ -390,7 +391,7 @@ def archs(pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 
     raise typer.Exit(_guarded(run))
 
 
-@app.command()
+@app.command(cls=panelled())
 def config(ctx: typer.Context) -> None:
     """Print the effective settings and where each came from ([tool.bdprune] in pyproject.toml)."""
 
@@ -405,7 +406,7 @@ def config(ctx: typer.Context) -> None:
     raise typer.Exit(_guarded(run))
 
 
-@app.command()
+@app.command(cls=panelled())
 def methods() -> None:
     """List the scoring methods."""
 

@@ -112,11 +112,12 @@ def choose_channels(model: nn.Module, result: ScanResult, resolved: Resolved, *,
 
 
 def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, clean: ImageSet | None, resolved: Resolved, *,
-                     show_progress: bool = False) -> tuple[nn.Module, tuple[float, float, float] | None, list[str], dict[str, str]]:
+                     show_progress: bool = False, verdict=None) -> tuple[nn.Module, tuple[float, float, float] | None, list[str], dict[str, str]]:
     """Prune ``choice`` (checked by :func:`bdprune.prune.check_channels`) in ``model`` itself; with a
     repair, repair a copy on the labelled ``clean`` samples. Returns the pruned (and repaired)
     model, the clean samples' ACC (original, pruned, repaired) or None, notes (what ``unlearn``
-    found, the ACC) and what the file records."""
+    found, the ACC) and what the file records. ``verdict`` (the scan's) names the classes
+    ``unlearn`` removes where the per-class probe cannot try every class."""
     if repair.mode == "none":
         mask_model(model, choice.channels, choice.params, choice.fill)
         return model, None, [], {}
@@ -128,7 +129,7 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
     meta = {"repair": repair.mode, "repair_epochs": str(repair.epochs) if trains else "", "repair_samples": str(len(clean))}
     triggers, notes = None, []
     if repair.mode == "unlearn":  # on the model as it came: pruning takes away the divergence the trigger explains
-        found, note = find_triggers(model, clean, device=dev, normalize=norm)
+        found, note = find_triggers(model, clean, device=dev, normalize=norm, verdict=verdict)
         notes.append(note)
         if found is not None:
             triggers = found.perturbations
@@ -140,27 +141,37 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
     acc = (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm))
     notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
                  f"-> {acc[2]:.2f}% repaired")
-    residual_note, residual_meta = residual_trigger(repaired, clean, resolved, repair.mode)
+    unlearned = [] if triggers is None else [found.target, *found.more]
+    residual_note, residual_meta = residual_trigger(repaired, clean, resolved, repair.mode, only=unlearned or None)
     notes.append(residual_note)
     meta.update(residual_meta)
     return repaired, acc, notes, meta
 
 
-def residual_trigger(model: nn.Module, clean: ImageSet, resolved: Resolved, mode: str) -> tuple[str, dict[str, str]]:
+def residual_trigger(model: nn.Module, clean: ImageSet, resolved: Resolved, mode: str,
+                     only: list[int] | None = None) -> tuple[str, dict[str, str]]:
     """Whether a trigger can still be synthesized in the repaired model, as a note and the file's
     ``residual_*`` metadata: the per-class probe of ``unlearn`` (bdprune.class_probe) run again, and
     the persistence of its most persistent class (its leads over the next class, summed over the
     budgets where it leads by MIN_GAP) against the bar ``unlearn`` acts on. The verdict's own probe
     cannot do this: every repair re-estimates the BN running statistics on clean data, which takes
     away the divergence it matches. A check after the fact, not a proof: a purified model can still
-    re-learn its backdoor from a few poisoned samples."""
+    re-learn its backdoor from a few poisoned samples. Where the probe cannot try every class, it
+    tries the classes ``only`` names (those unlearned), each alone: a stricter check, as no other
+    class competes with them."""
     from .class_probe import MIN_GAP, class_probe, persistence
     from .repair import PERSISTENCE_BAR
 
     probe = class_probe(model, clean.images, device=resolved.device, normalize=resolved.normalize)
-    if probe is None:
+    if probe is None and not only:
         return f"after --repair {mode} no residual check: the per-class probe does not run on this many classes", {}
-    lead = persistence(probe, MIN_GAP)
+    if probe is None:
+        alone = {cls: class_probe(model, clean.images, device=resolved.device, normalize=resolved.normalize, only=[cls]) for cls in only}
+        lead = [0.0] * len(alone[only[0]].success)
+        for cls, each in alone.items():
+            lead[cls] = persistence(each, MIN_GAP)[cls]
+    else:
+        lead = persistence(probe, MIN_GAP)
     cls = max(range(len(lead)), key=lead.__getitem__)
     found = lead[cls] >= PERSISTENCE_BAR
     meta = {"residual_class": str(cls), "residual_persistence": f"{lead[cls]:.4f}", "residual_trigger": "yes" if found else "no"}
@@ -229,7 +240,8 @@ def prune_checkpoint(
     clean = None
     if repair.mode != "none":
         clean = images if repair_data == data else read(repair_data, None)
-    model, repair_acc, repair_notes, repair_meta = prune_and_repair(loaded.model, choice, repair, clean, resolved, show_progress=show_progress)
+    model, repair_acc, repair_notes, repair_meta = prune_and_repair(loaded.model, choice, repair, clean, resolved, show_progress=show_progress,
+                                                                    verdict=None if channels_report is not None else result.verdict)
     tensors = masked_tensors(loaded.checkpoint, choice.channels, choice.params, choice.fill) if repair.mode == "none" \
         else model_tensors(loaded.checkpoint, model)
     outcome = PruneOutcome(out, method_name, choice.u, choice.channels, choice.params, total, choice.curve, choice.base_acc,

@@ -16,6 +16,10 @@ clean batches alone, exactly as ``finetune``: adversarial perturbations of a cle
 natural weak spots, and unlearning them cost clean models 0.3-1.4 points of ACC on the zoo's
 tune part.
 
+Above PROBE_MAX_CLASSES classes the per-class probe cannot try every class: there the verdict's
+trigger probe (whose cost does not depend on the class count) decides, and the per-class probe
+runs on the classes it names only (``verdict.targets``), each alone, and every one is unlearned.
+
 Pruned channels stay pruned: after every step their parameters are set back to what pruning
 gave them, so the file's ``pruned_channels`` metadata stays true. A backdoor can still regrow
 through the channels that remain, so measure ASR after repair (``bdprune eval``), not only before.
@@ -24,7 +28,7 @@ through the channels that remain, so measure ASR after repair (``bdprune eval``)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -35,11 +39,12 @@ from .errors import BdpruneError
 from .evaluate import accuracy, predict
 from .methods.masks import cross_entropy, labelled_batches, seeded_rng
 from .progress import progress_bar
-from .class_probe import EXPLAINED_BAR, MIN_GAP, class_triggers, persistence, suspect_trigger
+from .class_probe import EXPLAINED_BAR, MIN_GAP, class_probe, class_triggers, persistence, suspect_trigger
 from .prune import Fill, mask_model
 from .stats import bn_layers, run_forward
 
 REPAIRS = ("none", "bn", "finetune", "unlearn")
+NO_TRIGGER = "--repair unlearn found no trigger ({}): fine-tuned on the clean samples alone"
 
 
 @dataclass
@@ -129,16 +134,18 @@ class Triggers:
     explained: float | None  # the explained share, when that is what chose the class
     persistence: float
     perturbations: list[Tensor]  # C x H x W each, pixel space
+    more: list[int] = field(default_factory=list)  # further classes unlearned (a verdict naming several targets)
 
     def metadata(self) -> dict[str, str]:
-        """The file's text metadata for this unlearning."""
-        meta = {"unlearned_class": str(self.target), "unlearned_persistence": f"{self.persistence:.4f}"}
+        """The file's text metadata for this unlearning (``unlearned_class``: comma-separated when several)."""
+        meta = {"unlearned_class": ",".join(map(str, [self.target, *self.more])), "unlearned_persistence": f"{self.persistence:.4f}"}
         if self.explained is not None:
             meta["unlearned_explained"] = f"{self.explained:.4f}"
         return meta
 
 
-def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, normalize=None) -> tuple[Triggers | None, str]:
+def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, normalize=None,
+                  verdict=None) -> tuple[Triggers | None, str]:
     """The triggers ``unlearn`` removes, and a note saying what was found.
 
     The class probe's class is unlearned when its best candidate explains at least EXPLAINED_BAR
@@ -146,11 +153,11 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
     one class's persistence (:func:`bdprune.probe.persistence`) reaches PERSISTENCE_BAR (a
     low-rate backdoor the verdict misses); its triggers are the probe's candidates for that class
     that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.probe.class_triggers`).
-    Otherwise None."""
-    none = "--repair unlearn found no trigger ({}): fine-tuned on the clean samples alone"
+    Otherwise None. Above PROBE_MAX_CLASSES classes: the classes ``verdict`` (the scan's
+    :class:`bdprune.scoring.Verdict`) names, when it is suspicious (:func:`verdict_triggers`)."""
     found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
     if found is None:
-        return None, none.format("the class probe cannot run: too many classes")
+        return verdict_triggers(model, data, verdict, device=device, normalize=normalize)
     probe, suspect = found
     lead = persistence(probe, MIN_GAP)
     best = max(range(len(lead)), key=lead.__getitem__)
@@ -163,11 +170,33 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
     else:
         explains = ("no candidate singles out a class" if suspect is None
                     else f"the best explains {suspect.explained:.3f}, below the verdict's bar {EXPLAINED_BAR}")
-        return None, none.format(f"{explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}")
+        return None, NO_TRIGGER.format(f"{explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}")
     perturbations = class_triggers(model, data.images, probe, cls, min_gap=MIN_GAP, min_explained=EXPLAINED_BAR, device=device,
                                    normalize=normalize)
     triggers = Triggers(cls, explained, lead[cls], perturbations)
     return triggers, f"--repair unlearn: class {cls}, {why}; unlearned {len(triggers.perturbations)} synthesized triggers"
+
+
+def verdict_triggers(model: nn.Module, data: ImageSet, verdict, *, device: torch.device, normalize=None) -> tuple[Triggers | None, str]:
+    """For a model with too many classes for the per-class probe: the triggers of every class a
+    suspicious ``verdict`` names (``verdict.targets``), each found by the per-class probe run on
+    that class alone (its persistence is then its share summed over the budgets where it reaches
+    MIN_GAP: no other class competes). The cost grows with the targets, not the classes."""
+    targets = list(getattr(verdict, "targets", None) or []) if getattr(verdict, "suspicious", False) else []
+    if not targets:
+        return None, NO_TRIGGER.format("too many classes for the per-class probe, and the verdict names no target")
+    perturbations, leads = [], []
+    for cls in targets:
+        probe = class_probe(model, data.images, device=device, normalize=normalize, only=[cls])
+        leads.append(persistence(probe, MIN_GAP)[cls])
+        perturbations += class_triggers(model, data.images, probe, cls, min_gap=MIN_GAP, min_explained=EXPLAINED_BAR,
+                                        device=device, normalize=normalize)
+    if not perturbations:
+        return None, NO_TRIGGER.format(f"the per-class probe reaches none of the verdict's targets {targets} with {MIN_GAP:g} of the images")
+    names = ", ".join(map(str, targets))
+    triggers = Triggers(targets[0], None, leads[0], perturbations, targets[1:])
+    return triggers, (f"--repair unlearn: class {names}, named by the verdict's trigger probe (too many classes for the per-class "
+                      f"probe on every class); unlearned {len(perturbations)} synthesized triggers")
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:

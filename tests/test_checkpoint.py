@@ -324,9 +324,11 @@ def test_timm_train_script_checkpoint_prefers_state_dict(tmp_path, bn_checkpoint
     args = argparse.Namespace(model="smallcnn", lr=0.05, epochs=300, model_ema=True)
     torch.save({"epoch": 7, "arch": "smallcnn", "state_dict": state, "state_dict_ema": ema, "optimizer": {"state": {}, "param_groups": []},
                 "version": 2, "args": args, "metric": 71.3}, path)
+    allowed = set(torch.serialization.get_safe_globals())
     loaded = load_model(path, bn_checkpoint.arch, arch_args=bn_checkpoint.arch_args)
     assert_model_loaded(loaded, state)
     assert loaded.checkpoint.notes == ["using the state_dict under key 'state_dict'", "'state_dict_ema' was not used"]
+    assert set(torch.serialization.get_safe_globals()) == allowed  # the allowance was for that one load
 
 
 def test_code_inside_saved_arguments_still_never_runs(tmp_path):

@@ -130,3 +130,30 @@ def test_class_triggers_keep_the_leading_candidates_and_the_weak_ones_that_expla
     seen.clear()
     assert [float(t[0, 0, 0]) for t in class_triggers(None, None, probe, 1, min_gap=0.1, min_explained=0.15)] == [2.0]
     assert seen == []
+
+
+def test_probing_some_classes_finds_what_the_full_probe_finds_for_them(bn_model):
+    """Each class's perturbation is optimized on its own, so probing a subset gives those classes the
+    shares the full probe gives them; the classes left out count as reached by no image."""
+    images = make_images(40, seed=6)
+    full = class_probe(bn_model, images)
+    some = class_probe(bn_model, images, only=[7, 2])
+    assert list(some.per_budget) == list(full.per_budget) and len(full.per_budget) == 8
+    for budget, shares in some.per_budget.items():
+        assert [shares[k] for k in (2, 7)] == [full.per_budget[budget][k] for k in (2, 7)], budget
+        assert all(s == 0.0 for k, s in enumerate(shares) if k not in (2, 7))
+    assert some.target in (2, 7) and all(cls in (2, 7) for _, cls, _, _ in some.candidates)
+    alone = class_probe(bn_model, images, only=[7])  # no competitor: the gap is the class's own share
+    assert [gap for _, _, gap, _ in alone.candidates] == [alone.per_budget[b][7] for b, *_ in alone.candidates]
+
+
+def test_a_model_with_many_classes_is_probed_only_where_asked():
+    from bdprune.archs import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model("smallcnn", None, num_classes=150, arch_args={"width": "4"})
+    model.eval()
+    images = make_images(40, seed=1)
+    assert class_probe(model, images) is None  # above PROBE_MAX_CLASSES every class would cost too much
+    some = class_probe(model, images, only=[120])
+    assert len(some.success) == 150 and some.target == 120 and len(some.candidates) == 8

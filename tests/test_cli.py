@@ -28,5 +28,43 @@ def test_every_command_help_ends_with_examples_and_names_values_not_types(comman
     text = result.stdout
     examples = text[text.index("Examples:"):]
     assert examples.count(f"bdprune {command}") >= 2
-    options = text[text.index("Options:"):text.index("Examples:")]
-    assert not re.search(r"<(str|int|float|path|list\[[a-z]+\])>", options, re.I), options
+    body = text[:text.index("Examples:")]
+    assert not re.search(r"<(str|int|float|path|list\[[a-z]+\])>|\{[A-Z]+", body, re.I), body
+    assert "\\[" not in body  # no Rich escapes in the plain help
+
+
+PANELS = {"scan": ["Arguments", "Input", "Method", "Thresholds", "Output", "Fleet", "Compute", "Options"],
+          "prune": ["Arguments", "Input", "Method", "Thresholds", "Output", "Repair", "Compute", "Options"],
+          "eval": ["Arguments", "Input", "Output", "Compute", "Options"],
+          "demo": ["Output", "Repair", "Compute", "Options"]}
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """Section title -> the option or argument names listed under it."""
+    sections: dict[str, list[str]] = {}
+    title = None
+    for line in text[:text.index("Examples:")].splitlines():
+        if re.fullmatch(r"[A-Z][a-z]+:", line):
+            title = line[:-1]
+            sections[title] = []
+        elif title and re.match(r"  \S", line):
+            sections[title].append(re.search(r"--[a-z-]+|^[A-Z]+(?:\.\.\.)?", line.strip()).group(0))
+    return sections
+
+
+@pytest.mark.parametrize("command", sorted(PANELS))
+def test_options_are_grouped_in_panels_in_a_fixed_order(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    sections = _sections(result.stdout)
+    assert list(sections) == PANELS[command]
+    assert sections["Options"] == ["--help"]  # every other option sits in a named panel
+    listed = [name for names in sections.values() for name in names]
+    assert len(listed) == len(set(listed))
+
+
+def test_arguments_show_their_value_name_and_help():
+    text = CliRunner().invoke(app, ["scan", "--help"]).stdout
+    assert text.startswith("Usage: bdprune scan [OPTIONS] CHECKPOINT...")
+    assert re.search(r"CHECKPOINT\.\.\. +Checkpoint files", text)
+    assert _sections(text)["Thresholds"] == ["--u", "--fail-threshold", "--exit-zero"]
+    assert "--repair" in _sections(CliRunner().invoke(app, ["prune", "--help"]).stdout)["Repair"]

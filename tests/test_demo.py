@@ -112,7 +112,7 @@ def test_default_verdict_flags_the_shipped_model_and_names_its_target(result):
     v = result.scan.verdict
     assert v.suspicious and v.statistic > v.threshold == 1.0
     assert v.target == demo.demo_target() == 0
-    assert v.components["explained"]["value"] > v.components["explained"]["bar"]
+    assert v.components["trigger"]["value"] > v.components["trigger"]["bar"] and v.rule == "bnp-trigger"
 
 
 def test_clean_twin_passes_the_gate_at_defaults():

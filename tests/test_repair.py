@@ -176,3 +176,40 @@ def test_find_triggers_unlearns_a_persistent_class_below_the_explained_bar(monke
     _fake_probe(monkeypatch, [("l2=0.05", 4, 0.05, d)], explained=None)
     found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
     assert found is None and "no candidate singles out a class" in note
+
+
+def test_above_the_class_limit_unlearn_takes_every_target_the_verdict_names(monkeypatch):
+    """150 classes: the per-class probe cannot try them all; it runs on each of the verdict's targets alone."""
+    import bdprune.repair as repair
+    from bdprune.archs import build_model
+    from bdprune.class_probe import ProbeResult
+    from bdprune.scoring import Verdict
+
+    torch.manual_seed(0)
+    model, _ = build_model("smallcnn", None, num_classes=150, arch_args={"width": "4"})
+    model.eval()
+    data = ImageSet(torch.rand((40, 1, 8, 8), generator=torch.Generator().manual_seed(1)), None, "x.npz")
+    flagged = Verdict(True, 0.9, 0.7, "bnp-trigger", target=120, targets=[120, 31])
+    # an untrained model: no perturbation reaches either class, so nothing is unlearned, and the note says why
+    found, note = repair.find_triggers(model, data, device=CPU, verdict=flagged)
+    assert found is None and "reaches none of the verdict's targets [120, 31]" in note
+    for verdict in (None, Verdict(False, 0.2, 0.7, "bnp-trigger")):  # nothing named: a plain fine-tune, and it says so
+        found, note = repair.find_triggers(model, data, device=CPU, verdict=verdict)
+        assert found is None and "the verdict names no target" in note
+
+    asked = []
+    d = torch.zeros(1, 8, 8)
+
+    def probe(model, images, *, only=None, **kwargs):
+        if only is None:
+            return None  # too many classes, as the real probe answers
+        asked.append(list(only))
+        (cls,) = only
+        return ProbeResult([0.0] * 150, cls, 0.5, "l2=0.1", 32, 0.0, d, [("l2=0.1", cls, 0.5, d), ("l1=0.02", cls, 0.3, d)])
+
+    monkeypatch.setattr(repair, "class_probe", probe)
+    monkeypatch.setattr(repair, "suspect_trigger", lambda model, images, **k: None)
+    found, note = repair.find_triggers(model, data, device=CPU, verdict=flagged)
+    assert asked == [[120], [31]] and (found.target, found.more) == (120, [31]) and len(found.perturbations) == 4
+    assert found.persistence == pytest.approx(0.8) and found.metadata()["unlearned_class"] == "120,31"
+    assert "class 120, 31, named by the verdict's trigger probe" in note

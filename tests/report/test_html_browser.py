@@ -85,10 +85,13 @@ def test_every_image_decodes_and_the_verdict_shows(report, tmp_path):
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
     assert attrs.get("probe") == "done", body[:500]
     sizes = attrs["images"].split()
-    assert len(sizes) == 2 and "broken" not in sizes, sizes
+    # per checkpoint: the picture of the trigger its probe synthesized, then its channel plot
+    assert len(sizes) == 4 and "broken" not in sizes, sizes
     for size in sizes:
         width, height = map(int, size.split("x"))
-        assert width > 600 and height > 300
+        assert width > 600 and height > 250
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]*" alt="([^"]*)"', page)
+    assert [alt.startswith("The trigger the probe synthesized") for alt in alts] == [True, False] * 2, alts
     assert attrs["errors"] == "[]" and attrs["overflow"] == "false"
     verdict = re.search(r'<div class="verdict (\w+)" data-verdict="\w+"><strong>(\w+)</strong>', run.stdout)
     colours = {"clean": "rgb(234, 246, 236)", "suspicious": "rgb(253, 236, 234)"}
