@@ -1,0 +1,119 @@
+"""`prune --repair unlearn` on the detection zoo's 100- and 1,000-class models (issue 23): above 100
+classes the per-class probe cannot try every class, so unlearn takes the classes the verdict's
+trigger probe names and runs the per-class probe on those alone. The rule was fixed before any of
+these models was pruned; nothing here is tuned.
+
+    python benchmarks/removal_many.py [--kind many100] [--write]
+
+Models: benchmarks/detection_zoo.py's (train them first; only those whose backdoor took, and the
+clean ones). Each model is pruned as a user would: `prune MODEL --arch smallcnn --data
+data/KIND_clean.npz --repair unlearn` (bnp at u = 3, 500 clean samples, 10 epochs), through the
+library the CLI runs; ACC and ASR on the kind's 1,000 test images, never seen by the repair.
+Success = ASR after <= 5% with ACC drop <= 2 points. Rows are cached under the zoo's cache
+(removal_many/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import detection_zoo as zoo
+from _report import provenance, write_section
+
+CACHE = zoo.CACHE / "removal_many"
+
+
+def measure(spec: zoo.Spec, data: dict) -> dict:
+    """Prune and unlearn one model, then its ACC and ASR on the test images (cached)."""
+    from safetensors.torch import load_file
+
+    from bdprune.api import prune_checkpoint
+    from bdprune.archs import build_model
+
+    cached = CACHE / f"{spec.name}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    meta = json.loads(zoo.meta_path(spec).read_text())
+    out = CACHE / "pruned" / f"{spec.name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    outcome = prune_checkpoint(zoo.model_path(spec), spec.arch, data=zoo.clean_npz(spec.kind), output=out, force=True, device="cpu",
+                               arch_args=spec.arch_args, show_progress=False, repair="unlearn")
+    seconds = time.perf_counter() - t0
+    state = load_file(str(out))
+    model, _ = build_model(spec.arch, state, arch_args=spec.arch_args)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.inference_mode():
+        acc = zoo.accuracy(model, data["test_x"], data["test_y"])
+    asr = zoo.attack_success(model, spec, data) if spec.family != "clean" else []
+    notes = [n for n in outcome.notes if "--repair unlearn" in n or "residual" in n or "per-class probe" in n]
+    row = {"model": spec.name, "kind": spec.kind, "part": spec.part, "family": spec.family, "rate": spec.rate,
+           "targets": spec.targets, "acc_before": meta["acc"], "asr_before": meta["asr"], "acc_after": acc, "asr_after": asr,
+           "unlearned": state_meta(out).get("unlearned_class", ""), "residual": state_meta(out).get("residual_trigger", ""),
+           "seconds": seconds, "notes": notes}
+    cached.write_text(json.dumps(row))
+    return row
+
+
+def state_meta(path) -> dict:
+    """The pruned file's text metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def report(rows: list[dict]) -> str:
+    """The markdown table, one row per model, and the totals."""
+    lines = ["| model | part | targets | unlearned | ACC before -> after | ASR before -> after | residual | seconds |",
+             "|---|---|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        asr = " / ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["asr_before"], r["asr_after"])) or "-"
+        lines.append(f"| {r['model']} | {r['part']} | {r['targets'] or '-'} | {r['unlearned'] or 'nothing'} | "
+                     f"{r['acc_before']:.1f} -> {r['acc_after']:.1f} | {asr} | {r['residual'] or '-'} | {r['seconds']:.0f} |")
+    bad = [r for r in rows if r["family"] != "clean"]
+    ok = [r for r in bad if max(r["asr_after"]) <= 5.0 and r["acc_before"] - r["acc_after"] <= 2.0]
+    clean = [r["acc_before"] - r["acc_after"] for r in rows if r["family"] == "clean"]
+    lines.append("")
+    lines.append(f"Removed (ASR <= 5%, ACC drop <= 2): {len(ok)} of {len(bad)} backdoored models; "
+                 f"median ASR after {statistics.median(max(r['asr_after']) for r in bad):.1f}%." if bad else "No backdoored model.")
+    if clean:
+        lines.append(f"Clean models: ACC drop median {statistics.median(clean):.2f}, worst {max(clean):.2f} points.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", action="append", choices=("many100", "many1000"))
+    p.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind in args.kind or ("many100", "many1000"):
+        data = zoo.load_kind(kind)
+        for spec in zoo.specs():
+            if spec.kind != kind or not zoo.meta_path(spec).exists():
+                continue
+            if not zoo.took(json.loads(zoo.meta_path(spec).read_text())):
+                continue
+            row = measure(spec, data)
+            print(f"{row['model']}: unlearned {row['unlearned'] or 'nothing'}, ACC {row['acc_before']:.1f} -> {row['acc_after']:.1f}, "
+                  f"ASR {row['asr_before']} -> {[round(a, 1) for a in row['asr_after']]}, {row['seconds']:.0f} s", flush=True)
+            rows.append(row)
+    text = report(rows)
+    print(text)
+    if args.write:
+        intro = " ".join(__doc__.split("\n\n")[0].split())
+        write_section("removal-many", f"## Removal on 100 and 1,000 classes (issue 23)\n\n{provenance()}\n{intro}\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
