@@ -152,7 +152,8 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
     of the BN divergence, or else when
     one class's persistence (:func:`bdprune.probe.persistence`) reaches PERSISTENCE_BAR (a
     low-rate backdoor the verdict misses); its triggers are the probe's candidates for that class
-    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.probe.class_triggers`).
+    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.probe.class_triggers`). Every
+    other class whose persistence reaches PERSISTENCE_BAR is unlearned too (several targets).
     Otherwise None. Above PROBE_MAX_CLASSES classes: the classes ``verdict`` (the scan's
     :class:`bdprune.scoring.Verdict`) names, when it is suspicious (:func:`verdict_triggers`)."""
     found = suspect_trigger(model, data.images, min_gap=MIN_GAP, device=device, normalize=normalize)
@@ -171,10 +172,12 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
         explains = ("no candidate singles out a class" if suspect is None
                     else f"the best explains {suspect.explained:.3f}, below the verdict's bar {EXPLAINED_BAR}")
         return None, NO_TRIGGER.format(f"{explains}; persistence {lead[best]:.2f}, below {PERSISTENCE_BAR:g}")
-    perturbations = class_triggers(model, data.images, probe, cls, min_gap=MIN_GAP, min_explained=EXPLAINED_BAR, device=device,
-                                   normalize=normalize)
-    triggers = Triggers(cls, explained, lead[cls], perturbations)
-    return triggers, f"--repair unlearn: class {cls}, {why}; unlearned {len(triggers.perturbations)} synthesized triggers"
+    more = [k for k in sorted(range(len(lead)), key=lambda k: -lead[k]) if k != cls and lead[k] >= PERSISTENCE_BAR]
+    perturbations = [p for k in [cls, *more] for p in class_triggers(model, data.images, probe, k, min_gap=MIN_GAP,
+                                                                    min_explained=EXPLAINED_BAR, device=device, normalize=normalize)]
+    triggers = Triggers(cls, explained, lead[cls], perturbations, more)
+    also = f"; also class {', '.join(map(str, more))} (persistence {', '.join(f'{lead[k]:.2f}' for k in more)})" if more else ""
+    return triggers, f"--repair unlearn: class {cls}, {why}{also}; unlearned {len(triggers.perturbations)} synthesized triggers"
 
 
 def verdict_triggers(model: nn.Module, data: ImageSet, verdict, *, device: torch.device, normalize=None) -> tuple[Triggers | None, str]:

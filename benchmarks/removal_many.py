@@ -26,24 +26,26 @@ import detection_zoo as zoo
 from _report import provenance, write_section
 
 CACHE = zoo.CACHE / "removal_many"
+VARIANTS = {"bnp+unlearn": {}, "unlearn alone": {"u": 1e9}}  # the defaults; and u = 1e9 (nothing pruned), as removal.py
 
 
-def measure(spec: zoo.Spec, data: dict) -> dict:
-    """Prune and unlearn one model, then its ACC and ASR on the test images (cached)."""
+def measure(spec: zoo.Spec, data: dict, variant: str) -> dict:
+    """Prune (or not) and unlearn one model, then its ACC and ASR on the test images (cached)."""
     from safetensors.torch import load_file
 
     from bdprune.api import prune_checkpoint
     from bdprune.archs import build_model
 
-    cached = CACHE / f"{spec.name}.json"
+    cached = CACHE / f"{spec.name}__{variant}.json"
     if cached.exists():
         return json.loads(cached.read_text())
     meta = json.loads(zoo.meta_path(spec).read_text())
-    out = CACHE / "pruned" / f"{spec.name}.safetensors"
+    out = CACHE / "pruned" / f"{spec.name}__{variant}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     outcome = prune_checkpoint(zoo.model_path(spec), spec.arch, data=zoo.clean_npz(spec.kind), output=out, force=True, device="cpu",
-                               arch_args=spec.arch_args, show_progress=False, repair="unlearn")
+                               arch_args=spec.arch_args, show_progress=False, repair="unlearn",
+                               **VARIANTS[variant])
     seconds = time.perf_counter() - t0
     state = load_file(str(out))
     model, _ = build_model(spec.arch, state, arch_args=spec.arch_args)
@@ -53,7 +55,7 @@ def measure(spec: zoo.Spec, data: dict) -> dict:
         acc = zoo.accuracy(model, data["test_x"], data["test_y"])
     asr = zoo.attack_success(model, spec, data) if spec.family != "clean" else []
     notes = [n for n in outcome.notes if "--repair unlearn" in n or "residual" in n or "per-class probe" in n]
-    row = {"model": spec.name, "kind": spec.kind, "part": spec.part, "family": spec.family, "rate": spec.rate,
+    row = {"model": spec.name, "variant": variant, "kind": spec.kind, "part": spec.part, "family": spec.family, "rate": spec.rate,
            "targets": spec.targets, "acc_before": meta["acc"], "asr_before": meta["asr"], "acc_after": acc, "asr_after": asr,
            "unlearned": state_meta(out).get("unlearned_class", ""), "residual": state_meta(out).get("residual_trigger", ""),
            "seconds": seconds, "notes": notes}
@@ -71,26 +73,36 @@ def state_meta(path) -> dict:
 
 def report(rows: list[dict]) -> str:
     """The markdown table, one row per model, and the totals."""
-    lines = ["| model | part | targets | unlearned | ACC before -> after | ASR before -> after | residual | seconds |",
-             "|---|---|---|---|---:|---:|---|---:|"]
+    lines = ["| model | variant | part | targets | unlearned | ACC before -> after | ASR before -> after | residual | seconds |",
+             "|---|---|---|---|---|---:|---:|---|---:|"]
     for r in rows:
         asr = " / ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["asr_before"], r["asr_after"])) or "-"
-        lines.append(f"| {r['model']} | {r['part']} | {r['targets'] or '-'} | {r['unlearned'] or 'nothing'} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {r['part']} | {r['targets'] or '-'} | {r['unlearned'] or 'nothing'} | "
                      f"{r['acc_before']:.1f} -> {r['acc_after']:.1f} | {asr} | {r['residual'] or '-'} | {r['seconds']:.0f} |")
-    bad = [r for r in rows if r["family"] != "clean"]
-    ok = [r for r in bad if max(r["asr_after"]) <= 5.0 and r["acc_before"] - r["acc_after"] <= 2.0]
-    clean = [r["acc_before"] - r["acc_after"] for r in rows if r["family"] == "clean"]
     lines.append("")
-    lines.append(f"Removed (ASR <= 5%, ACC drop <= 2): {len(ok)} of {len(bad)} backdoored models; "
-                 f"median ASR after {statistics.median(max(r['asr_after']) for r in bad):.1f}%." if bad else "No backdoored model.")
-    if clean:
-        lines.append(f"Clean models: ACC drop median {statistics.median(clean):.2f}, worst {max(clean):.2f} points.")
+    for kind in sorted({r["kind"] for r in rows}):
+        for variant in VARIANTS:
+            group = [r for r in rows if r["kind"] == kind and r["variant"] == variant]
+            bad = [r for r in group if r["family"] != "clean"]
+            ok = [r for r in bad if max(r["asr_after"]) <= 5.0 and r["acc_before"] - r["acc_after"] <= 2.0]
+            clean = [r["acc_before"] - r["acc_after"] for r in group if r["family"] == "clean"]
+            if not group:
+                continue
+            line = f"- {kind}, {variant}: removed (ASR <= 5%, ACC drop <= 2) {len(ok)} of {len(bad)} backdoored models"
+            if bad:
+                line += (f", median ASR after {statistics.median(max(r['asr_after']) for r in bad):.1f}%, median ACC drop "
+                         f"{statistics.median(r['acc_before'] - r['acc_after'] for r in bad):.1f}")
+            if clean:
+                line += f"; clean models' ACC drop median {statistics.median(clean):.2f}, worst {max(clean):.2f} points"
+            lines.append(line + ".")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kind", action="append", choices=("many100", "many1000"))
+    p.add_argument("--kind", action="append", choices=tuple(zoo.KINDS))
+    p.add_argument("--family", action="append", choices=zoo.FAMILIES + ("clean",))
+    p.add_argument("--variant", action="append", choices=tuple(VARIANTS))
     p.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -100,14 +112,15 @@ def main() -> None:
     for kind in args.kind or ("many100", "many1000"):
         data = zoo.load_kind(kind)
         for spec in zoo.specs():
-            if spec.kind != kind or not zoo.meta_path(spec).exists():
+            if spec.kind != kind or not zoo.meta_path(spec).exists() or (args.family and spec.family not in args.family):
                 continue
             if not zoo.took(json.loads(zoo.meta_path(spec).read_text())):
                 continue
-            row = measure(spec, data)
-            print(f"{row['model']}: unlearned {row['unlearned'] or 'nothing'}, ACC {row['acc_before']:.1f} -> {row['acc_after']:.1f}, "
-                  f"ASR {row['asr_before']} -> {[round(a, 1) for a in row['asr_after']]}, {row['seconds']:.0f} s", flush=True)
-            rows.append(row)
+            for variant in args.variant or VARIANTS:
+                row = measure(spec, data, variant)
+                print(f"{row['model']} ({variant}): unlearned {row['unlearned'] or 'nothing'}, ACC {row['acc_before']:.1f} -> {row['acc_after']:.1f}, "
+                      f"ASR {row['asr_before']} -> {[round(a, 1) for a in row['asr_after']]}, {row['seconds']:.0f} s", flush=True)
+                rows.append(row)
     text = report(rows)
     print(text)
     if args.write:

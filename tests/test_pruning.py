@@ -75,3 +75,43 @@ def test_max_acc_drop_chooses_the_smallest_u_within_budget(tmp_path, bn_checkpoi
     ok = [p.u for p in out.curve if out.base_acc - p.acc <= 0.0]
     assert out.u == (min(ok) if ok else None)
     assert [p.u for p in out.curve] == sorted((p.u for p in out.curve), reverse=True)
+
+
+def test_unlearn_above_the_class_limit_takes_its_classes_from_the_scans_verdict(tmp_path, images_npz, monkeypatch):
+    """With 150 classes the per-class probe cannot try every class: prune runs the scan's verdict and hands it to unlearn."""
+    import bdprune.repair as repair
+    from bdprune.repair import RepairSettings
+    from bdprune.scoring import Verdict
+
+    torch.manual_seed(0)
+    model, _ = build_model("smallcnn", None, num_classes=150, arch_args={"width": "4"})
+    path = tmp_path / "many.pt"
+    torch.save(model.state_dict(), path)
+    seen = []
+    real = repair.verdict_triggers
+    monkeypatch.setattr(repair, "verdict_triggers", lambda model, data, verdict, **k: seen.append(verdict) or real(model, data, verdict, **k))
+    out = prune_checkpoint(path, "smallcnn", data=images_npz, arch_args={"width": "4"}, output=tmp_path / "p.safetensors", show_progress=False,
+                           repair=RepairSettings("unlearn", epochs=1))
+    [verdict] = seen
+    assert isinstance(verdict, Verdict) and verdict.rule == "bnp-trigger"
+    assert any("--repair unlearn found no trigger" in note for note in out.notes)
+
+
+def test_a_fine_tune_on_too_few_samples_per_class_warns(tmp_path, clean_images):
+    import numpy as np
+
+    from bdprune.repair import RepairSettings
+
+    torch.manual_seed(0)
+    for classes, warned in ((4, False), (150, True)):  # 64 labelled samples: 16 per class, then 0.4
+        data = tmp_path / f"d{classes}.npz"
+        np.savez(data, images=clean_images.numpy(), labels=np.arange(len(clean_images)) % min(classes, 10))
+        model, _ = build_model("smallcnn", None, num_classes=classes, arch_args={"width": "4"})
+        path = tmp_path / f"m{classes}.pt"
+        torch.save(model.state_dict(), path)
+        out = prune_checkpoint(path, "smallcnn", data=data, arch_args={"width": "4"}, output=tmp_path / f"p{classes}.safetensors",
+                               show_progress=False, repair=RepairSettings("finetune", epochs=1))
+        notes = [n for n in out.notes if n.startswith("warning: --repair finetune fine-tunes on")]
+        assert bool(notes) == warned, out.notes
+        if warned:
+            assert f"{len(clean_images)} clean samples for {classes} classes" in notes[0] and "pass at least 1500" in notes[0]

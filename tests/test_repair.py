@@ -178,6 +178,22 @@ def test_find_triggers_unlearns_a_persistent_class_below_the_explained_bar(monke
     assert found is None and "no candidate singles out a class" in note
 
 
+def test_find_triggers_unlearns_every_class_that_persists(monkeypatch):
+    """Two triggers for two targets: the chosen class, and every other class whose persistence reaches the bar."""
+    from bdprune.repair import PERSISTENCE_BAR, find_triggers
+
+    d = torch.zeros(1, 2, 2)
+    leads = [("l2=0.05", 4, 0.6, d), ("l2=0.1", 4, 0.6, d), ("l1=0.01", 7, 0.5, d), ("l1=0.02", 7, 0.5, d), ("l1=0.04", 2, 0.9, d)]
+    _fake_probe(monkeypatch, leads, explained=0.3)
+    found, note = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    # class 2's trigger (the best lead) explains 0.3: the first gate; then class 4 (1.2) and 7 (exactly the bar) persist
+    assert PERSISTENCE_BAR == 1.0 and (found.target, found.more) == (2, [4, 7]) and len(found.perturbations) == 5
+    assert found.metadata()["unlearned_class"] == "2,4,7" and "also class 4, 7 (persistence 1.20, 1.00)" in note
+    _fake_probe(monkeypatch, leads[:3] + leads[4:], explained=0.3)  # class 7 at 0.5: below the bar, left alone
+    found, _ = find_triggers(None, ImageSet(torch.zeros(2, 1, 2, 2), None, "x.npz"), device=CPU)
+    assert (found.target, found.more) == (2, [4])
+
+
 def test_above_the_class_limit_unlearn_takes_every_target_the_verdict_names(monkeypatch):
     """150 classes: the per-class probe cannot try them all; it runs on each of the verdict's targets alone."""
     import bdprune.repair as repair
