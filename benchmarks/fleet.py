@@ -245,7 +245,7 @@ def run(args) -> None:
     if "overhead" in parts:
         runs, load = overhead(args.pairs, args.probe, args.threads)
         (CACHE / "overhead_runs.json").write_text(json.dumps({"load": load, "runs": runs}, indent=1))
-        body += [f"### One checkpoint: a whole `bdprune scan` process vs a bare forward pass (target <= 1.10x)", "",
+        body += ["### One checkpoint: a whole `bdprune scan` process vs a bare forward pass (target <= 1.10x)", "",
                  f"CIFAR ResNet-18 (width 64, random weights), 1,000 random 32x32 images, batch 128, "
                  f"{'OMP_NUM_THREADS=' + str(args.threads) if args.threads else 'torch default'} threads; each run is `/usr/bin/time -v` of a fresh process, the processes alternated, {args.pairs} rounds "
                  f"after one bare run to warm the file cache; medians, ratio = median of the per-round ratios of wall time to the same "
