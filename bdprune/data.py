@@ -34,7 +34,7 @@ class ImageSet:
     ``resized`` is the ``(H, W)`` the images were brought to on request (``--image-size``), None
     when they are the source's own size. ``from_image_files``: decoded from picture files (an
     ImageFolder), so their channel count is a Pillow mode that may be converted for the model
-    (:func:`bdprune.imaging.fit_channels`).
+    (:func:`fit_channels`).
     """
 
     images: Tensor
@@ -87,7 +87,7 @@ def load_images(
     :func:`bdprune.imaging.parse_image_size`) resizes every image to cover it and cuts out the
     centre (bdprune.imaging); without it the images of a folder must all have one size.
     """
-    from .imaging import parse_image_size, resized
+    from .imaging import parse_image_size
 
     path = Path(path)
     size = parse_image_size(image_size)
@@ -294,3 +294,28 @@ def check_fits(data: ImageSet, in_channels: int | None, num_classes: int | None 
             path=data.source,
             hint="check the labels or --num-classes",
         )
+
+
+def resized(data: ImageSet, size: tuple[int, int] | None) -> ImageSet:
+    """``data`` (arrays, not picture files) resized to ``size`` and marked as resized on request."""
+    from .imaging import resize_images
+
+    if size is None:
+        return data
+    return replace(data, images=resize_images(data.images, size), resized=size)
+
+
+def fit_channels(data: ImageSet, channels: int | None) -> ImageSet:
+    """``data`` with the channel count ``channels`` a model takes, where the images were decoded
+    from picture files: RGB becomes L and L becomes RGB exactly as Pillow's ``convert`` does
+    (a note says so). Arrays are returned unchanged: their channels are the data's own, and a
+    mismatch stays an error (:func:`bdprune.data.check_fits`)."""
+    have = int(data.images.shape[1])
+    if channels is None or have == channels or not data.from_image_files or {have, channels} != {1, 3}:
+        return data
+    from .imaging import convert_mode
+
+    mode = "L" if channels == 1 else "RGB"
+    images = torch.stack([convert_mode(image, mode) for image in data.images])
+    note = f"{data.source}: converted the {have}-channel images to {mode} ({channels} channel(s)) for the model, as PIL's convert({mode!r}) does"
+    return replace(data, images=images, notes=[*data.notes, note])

@@ -12,17 +12,13 @@ left untouched.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import BdpruneError
-
-if TYPE_CHECKING:
-    from .data import ImageSet
 
 MAX_SIDE = 8192
 SIZE_HINT = "use --image-size H or H,W in pixels, e.g. 32 or 224,224"
@@ -94,28 +90,8 @@ def resize_images(images: Tensor, size: tuple[int, int], *, chunk: int = 256) ->
     return torch.cat(out) if out else images.new_zeros((0, images.shape[1], *size))
 
 
-def resized(data: ImageSet, size: tuple[int, int] | None) -> ImageSet:
-    """``data`` (arrays, not picture files) resized to ``size`` and marked as resized on request."""
-    if size is None:
-        return data
-    return replace(data, images=resize_images(data.images, size), resized=size)
-
-
-def fit_channels(data: ImageSet, channels: int | None) -> ImageSet:
-    """``data`` with the channel count ``channels`` a model takes, where the images were decoded
-    from picture files: RGB becomes L and L becomes RGB exactly as Pillow's ``convert`` does
-    (a note says so). Arrays are returned unchanged: their channels are the data's own, and a
-    mismatch stays an error (:func:`bdprune.data.check_fits`)."""
-    have = int(data.images.shape[1])
-    if channels is None or have == channels or not data.from_image_files or {have, channels} != {1, 3}:
-        return data
-    mode = "L" if channels == 1 else "RGB"
-    images = torch.stack([_convert(image, mode) for image in data.images])
-    note = f"{data.source}: converted the {have}-channel images to {mode} ({channels} channel(s)) for the model, as PIL's convert({mode!r}) does"
-    return replace(data, images=images, notes=[*data.notes, note])
-
-
-def _convert(image: Tensor, mode: str) -> Tensor:
+def convert_mode(image: Tensor, mode: str) -> Tensor:
+    """One C x H x W image in [0, 1] converted to the Pillow ``mode`` (``L`` or ``RGB``) on its 8-bit pixels."""
     from PIL import Image
 
     pixels = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)

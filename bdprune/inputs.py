@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from torch import Tensor
 
-from .data import ImageSet, _check_images, _labels, _to_nchw_float, load_images, sample_indices
+from .data import ImageSet, _check_images, _labels, _to_nchw_float, load_images, resized, sample_indices
 from .errors import BdpruneError
-from .imaging import parse_image_size, resized
+from .imaging import parse_image_size
 
 DATA_HINT = "pass a tensor N x C x H x W, an (images, labels) pair, a Dataset, a DataLoader or a data file"
 

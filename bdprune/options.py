@@ -72,12 +72,6 @@ class ScanSettings:
             raise BdpruneError("--arch is required", hint=ARCH_HINT)
         return self.arch
 
-    def load(self, path):
-        """The checkpoint at ``path`` loaded into the architecture (:func:`bdprune.scan.load_model`)."""
-        from .scan import load_model
-
-        return load_model(path, self.require_arch(), num_classes=self.num_classes, arch_args=self.arch_args,
-                          trust_pickle=self.trust_pickle, strip_prefix=self.strip_prefix)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .options import Resolved, ScanSettings, check_samples
 from .prune import Fill, channels_from_report, check_channels, default_output, mask_model, masked_tensors, model_tensors, \
     pruning_metadata, write_safetensors
 from .repair import RepairSettings, clean_accuracy, find_triggers, repair_model
-from .scan import check_input, load_samples, scan_loaded, score_model
+from .scan import check_input, load_samples, load_with, scan_loaded, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
@@ -233,7 +233,7 @@ def prune_checkpoint(
     repair_data = val if val is not None else data
     check_samples(samples, settings.seed)
     check_output_path(out, inputs=tuple(Path(p) for p in (checkpoint, data, val, channels_report) if p is not None), force=force)
-    loaded = settings.load(checkpoint)
+    loaded = load_with(settings, checkpoint)
     read = lambda path, n: check_input(loaded, load_samples(path, n, settings.seed, image_size=image_size))  # noqa: E731
     images = read(data, samples) if data is not None else None
     if channels_report is not None:

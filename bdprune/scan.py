@@ -18,11 +18,10 @@ from torch import nn
 from ._version import __version__
 from .archs import ArchSpec
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import ImageSet, check_fits, load_images
+from .data import ImageSet, check_fits, fit_channels, load_images
 from .normalize import check_channels
-from .options import Resolved, check_samples
+from .options import Resolved, ScanSettings, check_samples
 from .errors import BdpruneError
-from .imaging import fit_channels
 from .methods import ScoreContext
 from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
@@ -51,6 +50,12 @@ class LoadedModel:
         """Output size of the last linear layer, if there is one."""
         linear = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
         return linear[-1].out_features if linear else None
+
+
+def load_with(settings: ScanSettings, path: str | Path) -> LoadedModel:
+    """The checkpoint at ``path`` loaded as ``settings`` say (architecture, classes, prefix, pickles)."""
+    return load_model(path, settings.require_arch(), num_classes=settings.num_classes, arch_args=settings.arch_args,
+                      trust_pickle=settings.trust_pickle, strip_prefix=settings.strip_prefix)
 
 
 def load_model(
@@ -90,7 +95,7 @@ def check_input(loaded: LoadedModel, data: ImageSet) -> ImageSet:
     """``data`` fitted to ``loaded``, checked before any heavy work; every misfit is one clear error.
 
     Pictures decoded from files take the model's channel count (RGB <-> L as Pillow converts,
-    :func:`bdprune.imaging.fit_channels`); then the channel count must match. Against the input
+    :func:`bdprune.data.fit_channels`); then the channel count must match. Against the input
     size the architecture declares (``ArchSpec.input_shape``; a timm model's ``pretrained_cfg``):
     images of that size pass. Images over :data:`LARGE_AREA` times its area are refused unless
     they were resized on request (``--image-size``, which may name their own size to run them as

@@ -12,7 +12,8 @@ from PIL import Image
 
 from bdprune.data import ImageSet
 from bdprune.errors import BdpruneError
-from bdprune.imaging import cover_size, crop_origin, fit_channels, parse_image_size, resize_images, resize_picture
+from bdprune.data import fit_channels
+from bdprune.imaging import cover_size, crop_origin, parse_image_size, resize_images, resize_picture
 
 
 @pytest.mark.parametrize(

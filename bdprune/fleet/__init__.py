@@ -78,11 +78,11 @@ def scan_one(task: Task, settings: ScanSettings, images: ImageSet | None, *, cat
     """Load and scan one checkpoint; with ``catch`` any exception becomes the row's ScanFailure
     (its message as the CLI prints it, naming the file). The file is hashed after loading, so a
     missing or unreadable file reports the loader's error."""
-    from ..scan import scan_loaded
+    from ..scan import load_with, scan_loaded
 
     try:
         resolved = settings.resolve(has_data=images is not None)  # here: "auto" is this machine's GPU
-        loaded = settings.load(task.path)
+        loaded = load_with(settings, task.path)
         result = scan_loaded(loaded, images, resolved, show_progress=show_progress)
         return Row(task.index, result, task.sha256 or file_sha256(task.path))
     except Exception as exc:
