@@ -186,7 +186,7 @@ def _harmless_globals():
 def _allowed_for_this_load(classes: list[type]):
     """torch 2.4 has only the process-wide allowlist: add to it, then put back what was there."""
     serialization = torch.serialization
-    before = serialization.get_safe_globals()
+    before = list(serialization.get_safe_globals())  # torch 2.4 returns its own list, which adding extends
     serialization.add_safe_globals(classes)
     try:
         yield
