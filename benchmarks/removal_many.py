@@ -104,7 +104,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", action="append", choices=tuple(zoo.KINDS))
     p.add_argument("--family", action="append", choices=zoo.FAMILIES + ("clean",))
-    p.add_argument("--variant", action="append", choices=tuple(VARIANTS))
+    p.add_argument("--variant", action="append", choices=tuple(VARIANTS), help="run only these (rows cached earlier are still shown)")
+    p.add_argument("--name", action="append", help="only models whose name contains this")
     p.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -114,11 +115,14 @@ def main() -> None:
     for kind in args.kind or ("many100", "many1000"):
         data = zoo.load_kind(kind)
         for spec in zoo.specs():
-            if spec.kind != kind or not zoo.meta_path(spec).exists() or (args.family and spec.family not in args.family):
+            if spec.kind != kind or not zoo.meta_path(spec).exists() or (args.family and spec.family not in args.family) \
+                    or (args.name and not any(part in spec.name for part in args.name)):
                 continue
             if not zoo.took(json.loads(zoo.meta_path(spec).read_text())):
                 continue
-            for variant in args.variant or VARIANTS:
+            for variant in VARIANTS:
+                if args.variant and variant not in args.variant and not (CACHE / f"{spec.name}__{variant}.json").exists():
+                    continue
                 row = measure(spec, data, variant)
                 print(f"{row['model']} ({variant}): unlearned {row['unlearned'] or 'nothing'}, ACC {row['acc_before']:.1f} -> {row['acc_after']:.1f}, "
                       f"ASR {row['asr_before']} -> {[round(a, 1) for a in row['asr_after']]}, {row['seconds']:.0f} s", flush=True)
@@ -127,7 +131,8 @@ def main() -> None:
     print(text)
     if args.write:
         intro = " ".join(__doc__.split("\n\n")[0].split())
-        section, title = ("removal-several-targets", "several targets and all-to-all") if args.family else ("removal-many", "100 and 1,000 classes")
+        many = all(kind.startswith("many") for kind in args.kind or ("many",))
+        section, title = ("removal-many", "100 and 1,000 classes") if many else ("removal-several-targets", "several targets and all-to-all")
         write_section(section, f"## Removal on {title} (issue 23)\n\n{provenance()}\n{intro}\n\n{text}")
 
 
