@@ -21,25 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .normalize import normalizer
-from .stats import bn_layers, collect_stats
-
-
-def channel_moments(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = 128,
-                    normalize=None) -> dict[str, dict[str, Tensor]]:
-    """Per BN layer: clean mean/variance of its input (``mu_b``, ``var_b``) and its running ones."""
-    stats = collect_stats(model, images, device=torch.device(device), batch_size=batch_size, moments=True,
-                          normalize=normalize, show_progress=False)
-    out = {}
-    for name, bn in bn_layers(model):
-        st = stats.get(name)
-        if st is None or st.count == 0 or bn.running_mean is None:
-            continue
-        out[name] = {
-            "mu_b": st.mean.double().cpu(), "var_b": st.var.double().clamp_min(1e-12).cpu(),
-            "mu_r": bn.running_mean.detach().double().cpu(), "var_r": bn.running_var.detach().double().clamp_min(1e-12).cpu(),
-        }
-    return out
-
+from .probe import channel_moments, clip_pixels, divergence, mixture_kl, project_l1
 
 # Budgets of the shared perturbation, from small to large, in units that do not depend on the image
 # size: L2 as a root-mean-square change per pixel value, L1 as a share of all pixel values changed
@@ -74,31 +56,6 @@ class ProbeResult:
     def to_dict(self) -> dict:
         return {"success": self.success, "target": self.target, "gap": self.gap, "budget": self.budget,
                 "images": self.images, "seconds": self.seconds, "candidates": [(b, k, g) for b, k, g, _ in self.candidates]}
-
-
-def clip_pixels(x: Tensor) -> Tensor:
-    """``x`` clamped to [0, 1], with the gradient passed wherever 0 <= x <= 1, bounds included.
-
-    torch's own ``clamp`` changed its gradient at the bounds between releases (2.13 passes it,
-    2.14 gives 0), and images hold many pixels exactly at 0 or 1 (MNIST's black background): with
-    a zero gradient there, no perturbation can start in the background where patch triggers sit,
-    and the probe's result would depend on the torch version."""
-    inside = ((x >= 0) & (x <= 1)).to(x.dtype)
-    return x.clamp(0.0, 1.0).detach() + (x - x.detach()) * inside
-
-
-def project_l1(v: Tensor, radius: float) -> Tensor:
-    """Each row of ``v`` projected on the L1 ball of ``radius`` (Duchi et al. 2008, by sorting)."""
-    a = v.abs()
-    over = a.sum(1) > radius
-    if not bool(over.any()):
-        return v
-    s, _ = a.sort(1, descending=True)
-    cs = s.cumsum(1)
-    idx = torch.arange(1, v.shape[1] + 1, dtype=v.dtype, device=v.device)
-    rho = ((s - (cs - radius) / idx) > 0).to(v.dtype).cumsum(1).argmax(1, keepdim=True)
-    theta = (cs.gather(1, rho) - radius) / (rho + 1).to(v.dtype)
-    return torch.where(over[:, None], torch.sign(v) * (a - theta).clamp_min(0), v)
 
 
 def _shares(pred: Tensor, base: Tensor, classes: Tensor) -> list[float]:
@@ -266,29 +223,14 @@ def explained_divergence(model: nn.Module, images: Tensor, perturbations: Sequen
     Per perturbation: ``1 - min_p sum KL(mixed || running) / sum KL(clean || running)`` over every
     BN channel, p in MIX (the mixture's mean and variance are exact for a two-part mixture); at
     most 1, negative when mixing only hurts."""
-    from .methods.bnp import gaussian_kl
-
     dev = torch.device(device)
     clean = channel_moments(model, images, device=dev, batch_size=batch_size, normalize=normalize)
-    base = sum(float(gaussian_kl(m["mu_b"], m["var_b"], m["mu_r"], m["var_r"]).sum()) for m in clean.values())
+    base = divergence(clean)
     out = []
     for perturbation in perturbations:
         moved = (images + perturbation.to(images.dtype).unsqueeze(0)).clamp(0.0, 1.0)
         trig = channel_moments(model, moved, device=dev, batch_size=batch_size, normalize=normalize)
-        best = min(mixture_kl(clean, trig, p) for p in MIX)
+        moments = {name: (m["mu_b"], m["var_b"]) for name, m in trig.items()}
+        best = min(float(mixture_kl(clean, moments, p)) for p in MIX)
         out.append(1.0 - best / base if base > 0 else 0.0)
     return out
-
-
-def mixture_kl(clean: dict[str, dict[str, Tensor]], moved: dict[str, dict[str, Tensor]], p: float) -> float:
-    """Sum over every BN channel of KL(mixture || running), the mixture being ``1 - p`` of the clean
-    statistics and ``p`` of the moved ones (its mean and variance by the law of total variance)."""
-    from .methods.bnp import gaussian_kl
-
-    total = 0.0
-    for name, m in clean.items():
-        t = moved[name]
-        mu = (1 - p) * m["mu_b"] + p * t["mu_b"]
-        second = (1 - p) * (m["var_b"] + m["mu_b"] ** 2) + p * (t["var_b"] + t["mu_b"] ** 2)
-        total += float(gaussian_kl(mu, (second - mu**2).clamp_min(1e-12), m["mu_r"], m["var_r"]).sum())
-    return total

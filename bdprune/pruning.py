@@ -17,14 +17,14 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
-from .class_probe import PROBE_MAX_CLASSES
+from .class_probe import MIN_GAP, PROBE_MAX_CLASSES, class_probe, persistence
 from .data import ImageSet
 from .errors import BdpruneError
 from .options import Resolved, ScanSettings, check_samples
 from .prune import Fill, channels_from_report, check_channels, default_output, mask_model, masked_tensors, model_tensors, \
     pruning_metadata, write_safetensors
-from .repair import RepairSettings, clean_accuracy, find_triggers, repair_model
-from .scan import check_input, load_samples, load_with, scan_loaded, score_model
+from .repair import PERSISTENCE_BAR, RepairSettings, clean_accuracy, find_triggers, repair_model
+from .scan import check_input, load_samples, load_with, output_classes, scan_loaded, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
 
@@ -158,8 +158,7 @@ MIN_SAMPLES_PER_CLASS = 10
 
 def _few_samples_note(model: nn.Module, clean: ImageSet, repair: RepairSettings) -> list[str]:
     """A warning when the fine-tune has fewer than MIN_SAMPLES_PER_CLASS labelled samples per class."""
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    classes = linear[-1].out_features if linear else 0
+    classes = output_classes(model)
     if not classes or len(clean) >= MIN_SAMPLES_PER_CLASS * classes:
         return []
     return [f"warning: --repair {repair.mode} fine-tunes on {len(clean)} clean samples for {classes} classes "
@@ -177,9 +176,6 @@ def residual_trigger(model: nn.Module, clean: ImageSet, resolved: Resolved, mode
     re-learn its backdoor from a few poisoned samples. Above PROBE_MAX_CLASSES it does not run:
     probing only the unlearned classes, each alone, said "a trigger can still be synthesized" for
     all three 1,000-class zoo models whose ASR unlearning had taken to 0% (benchmarks/RESULTS.md)."""
-    from .class_probe import MIN_GAP, class_probe, persistence
-    from .repair import PERSISTENCE_BAR
-
     probe = class_probe(model, clean.images, device=resolved.device, normalize=resolved.normalize)
     if probe is None:
         return f"after --repair {mode} no residual check: the per-class probe does not run on this many classes", {}

@@ -134,7 +134,7 @@ class Triggers:
     explained: float | None  # the explained share, when that is what chose the class
     persistence: float
     perturbations: list[Tensor]  # C x H x W each, pixel space
-    more: list[int] = field(default_factory=list)  # further classes unlearned (a verdict naming several targets)
+    more: list[int] = field(default_factory=list)  # further classes unlearned (several targets)
 
     def metadata(self) -> dict[str, str]:
         """The file's text metadata for this unlearning (``unlearned_class``: comma-separated when several)."""
@@ -150,9 +150,9 @@ def find_triggers(model: nn.Module, data: ImageSet, *, device: torch.device, nor
 
     The class probe's class is unlearned when its best candidate explains at least EXPLAINED_BAR
     of the BN divergence, or else when
-    one class's persistence (:func:`bdprune.probe.persistence`) reaches PERSISTENCE_BAR (a
+    one class's persistence (:func:`bdprune.class_probe.persistence`) reaches PERSISTENCE_BAR (a
     low-rate backdoor the verdict misses); its triggers are the probe's candidates for that class
-    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.probe.class_triggers`). Every
+    that lead by MIN_GAP or explain EXPLAINED_BAR (:func:`bdprune.class_probe.class_triggers`). Every
     other class whose persistence reaches PERSISTENCE_BAR is unlearned too (several targets).
     Otherwise None. Above PROBE_MAX_CLASSES classes: the classes ``verdict`` (the scan's
     :class:`bdprune.scoring.Verdict`) names, when it is suspicious (:func:`verdict_triggers`)."""
@@ -185,7 +185,7 @@ def verdict_triggers(model: nn.Module, data: ImageSet, verdict, *, device: torch
     suspicious ``verdict`` names (``verdict.targets``), each found by the per-class probe run on
     that class alone (its persistence is then its share summed over the budgets where it reaches
     MIN_GAP: no other class competes). The cost grows with the targets, not the classes."""
-    targets = list(getattr(verdict, "targets", None) or []) if getattr(verdict, "suspicious", False) else []
+    targets = list(verdict.targets) if verdict is not None and verdict.suspicious else []
     if not targets:
         return None, NO_TRIGGER.format("too many classes for the per-class probe, and the verdict names no target")
     perturbations, leads = [], []

@@ -30,6 +30,12 @@ from .stats import bn_layers, collect_stats, run_forward
 LARGE_AREA = 4  # images over this many times the declared input area need --image-size
 
 
+def output_classes(model: nn.Module) -> int | None:
+    """Output size of the model's last linear layer, if it has one."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1].out_features if linear else None
+
+
 @dataclass
 class LoadedModel:
     """A model with its checkpoint loaded, and where both came from."""
@@ -48,8 +54,7 @@ class LoadedModel:
     @property
     def num_classes(self) -> int | None:
         """Output size of the last linear layer, if there is one."""
-        linear = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        return linear[-1].out_features if linear else None
+        return output_classes(self.model)
 
 
 def load_with(settings: ScanSettings, path: str | Path) -> LoadedModel:

@@ -1,62 +1,18 @@
-"""The per-class probe of ``--repair unlearn`` and its explained divergence (bdprune.class_probe) against slow references."""
+"""The per-class probe of ``--repair unlearn`` and its explained divergence (bdprune.class_probe) on hand-made cases.
+
+Its L1 projection, pixel clipping and mixture KL are the trigger probe's, tested in test_probe.py."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from _slow_reference import bnp_reference
+from _images import make_images
 
-from bdprune.class_probe import (ProbeResult, channel_moments, class_probe, class_triggers, explained_divergence, mixture_kl, persistence,
-                            project_l1)
+from bdprune.class_probe import ProbeResult, class_probe, class_triggers, explained_divergence, persistence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_images(n: int, seed: int) -> torch.Tensor:
-    """``n`` float32 1x8x8 images in [0, 1] (what the conftest's ``bn_model`` eats)."""
-    return torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
-
-
-def l1_projection_reference(v: np.ndarray, radius: float) -> np.ndarray:
-    """Projection on the L1 ball by bisection on the soft threshold (one row)."""
-    if np.abs(v).sum() <= radius:
-        return v.copy()
-    lo, hi = 0.0, float(np.abs(v).max())
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if np.maximum(np.abs(v) - mid, 0).sum() > radius:
-            lo = mid
-        else:
-            hi = mid
-    return np.sign(v) * np.maximum(np.abs(v) - hi, 0)
-
-
-def test_project_l1_matches_bisection():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(6, 50))
-    v[0] *= 0.001  # already inside the ball: unchanged
-    for radius in (0.5, 3.0, 20.0):
-        got = project_l1(torch.from_numpy(v), radius).numpy()
-        for row, want in zip(got, (l1_projection_reference(r, radius) for r in v)):
-            np.testing.assert_allclose(row, want, atol=1e-9)
-            assert np.abs(row).sum() <= radius + 1e-9
-
-
-def test_mixture_kl_equals_the_kl_of_the_pooled_images(bn_model):
-    """A share p of perturbed images pooled with clean ones: the mixture's moments are exact (up
-    to the unbiased-variance factor, here ~1/200)."""
-    clean = make_images(160, seed=3)
-    perturbation = 0.3 * (make_images(1, seed=4)[0] - 0.5)
-    moved = (clean[:40] + perturbation).clamp(0, 1)
-    got = mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 40 / 200)
-    pooled = bnp_reference(bn_model, torch.cat([clean, moved]))
-    want = sum(float(v.sum()) for v in pooled.values())
-    assert got == pytest.approx(want, rel=2e-2)
-    base = sum(float(v.sum()) for v in bnp_reference(bn_model, clean).values())
-    assert mixture_kl(channel_moments(bn_model, clean), channel_moments(bn_model, moved), 0.0) == pytest.approx(base, rel=1e-6)
 
 
 def test_a_zero_perturbation_explains_nothing(bn_model):
@@ -81,18 +37,6 @@ def test_class_probe_shares_and_determinism(bn_model):
         else:
             assert float(p.abs().sum()) <= float(value) * dim * (1 + 1e-5)
     assert all(p.requires_grad for p in bn_model.parameters())  # restored
-
-
-def test_clip_pixels_passes_the_gradient_at_the_bounds_on_every_torch():
-    """Forward: clamp to [0, 1]. Backward: 1 wherever 0 <= x <= 1 (bounds included), 0 outside,
-    whatever torch's own clamp does at the bounds (its gradient there changed in 2.14)."""
-    from bdprune.class_probe import clip_pixels
-
-    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
-    y = clip_pixels(x)
-    assert y.tolist() == [0.0, 0.0, pytest.approx(0.3), 1.0, 1.0]
-    (grad,) = torch.autograd.grad(y.sum(), x)
-    assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def _probe(candidates, classes=4) -> ProbeResult:

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _images import make_images
 from _slow_reference import bnp_reference
 from torch import nn
 
@@ -15,11 +16,6 @@ from bdprune.probe import (BUDGETS, EVAL_IMAGES, PROBE_IMAGES, channel_moments, 
 from bdprune.repair import reestimate_bn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_images(n: int, seed: int) -> torch.Tensor:
-    """``n`` float32 1x8x8 images in [0, 1] (what the conftest's ``bn_model`` eats)."""
-    return torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
 
 
 def l1_projection_reference(v: np.ndarray, radius: float) -> np.ndarray:
