@@ -147,8 +147,8 @@ def prune_model(
     (k for bnp+, anp and rnp) from a clean-accuracy budget. bnp+ always uses a budget (default 1
     point) unless ``k`` or ``channels`` is given. ``source`` is the checkpoint file the model came
     from, whose SHA-256 the file records; without it, the SHA-256 of the unpruned state_dict
-    serialized as safetensors (:func:`state_sha256`). ``repair`` (``bn``, ``finetune`` or
-    ``unlearn``, or a :class:`~bdprune.repair.RepairSettings`) then recovers the pruned model on the
+    serialized as safetensors (:func:`state_sha256`). ``repair`` (a name in
+    :data:`bdprune.repair.REPAIRS`, or a :class:`~bdprune.repair.RepairSettings`) then recovers the pruned model on the
     labelled clean ``repair_data``, as ``prune --repair`` does. Returns :class:`Pruned`; ``.model``
     is the pruned (and repaired) module."""
     with _parameter_names():

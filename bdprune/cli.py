@@ -264,9 +264,11 @@ def prune(
     channels: Annotated[Optional[Path], typer.Option("--channels", rich_help_panel="Method", help="Prune exactly the channels flagged in this `scan --format json` report.", metavar='REPORT')] = None,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", rich_help_panel="Thresholds", help="Choose u: the smallest on a grid whose ACC on --val drops at most this many points. bnp+ always uses a budget (default 1, on --data unless --val is given) to choose how many top-ranked channels to prune.", metavar='POINTS')] = None,
     val: Annotated[Optional[Path], typer.Option("--val", rich_help_panel="Input", help="Labelled clean validation data for --max-acc-drop and --repair (never test or poisoned data).", metavar='PATH')] = None,
-    repair: Annotated[str, typer.Option("--repair", rich_help_panel="Repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics), finetune (all weights; pruned channels stay pruned) or unlearn (finetune with the triggers the per-class probe synthesizes, true labels: removes the backdoor; see README).", metavar='MODE')] = "none",
-    repair_epochs: Annotated[int, typer.Option("--repair-epochs", rich_help_panel="Repair", help="Epochs of --repair finetune or unlearn.", metavar='N')] = 10,
-    repair_lr: Annotated[float, typer.Option("--repair-lr", rich_help_panel="Repair", help="SGD learning rate of --repair finetune or unlearn.", metavar='LR')] = 0.01,
+    repair: Annotated[str, typer.Option("--repair", rich_help_panel="Repair", help="After pruning, on the labelled clean samples: none, bn (re-estimate BN statistics), finetune (all weights; pruned channels stay pruned), unlearn (finetune with the triggers the per-class probe synthesizes, true labels: removes the backdoor; see README), or a published purification at its paper's defaults: fst (Feature Shift Tuning), sau (Shared Adversarial Unlearning), nc (Neural Cleanse's unlearning).", metavar='MODE')] = "none",
+    repair_epochs: Annotated[Optional[int], typer.Option("--repair-epochs", rich_help_panel="Repair", help="Epochs of the --repair training [default: finetune, unlearn, fst 10; sau 100; nc 100 (of unlearning)].", metavar='N', show_default=False)] = None,
+    repair_lr: Annotated[Optional[float], typer.Option("--repair-lr", rich_help_panel="Repair", help="Learning rate of the --repair training [default: 0.01 (SGD); sau 0.0001 (Adam)].", metavar='LR', show_default=False)] = None,
+    repair_holdout: Annotated[float, typer.Option("--repair-holdout", rich_help_panel="Repair", help="--repair finetune / unlearn: share of the clean samples held back from training; the repair stops once the synthesized triggers no longer move them and their accuracy is back (0: a fixed number of epochs).", metavar='SHARE')] = 0.0,
+    repair_distill: Annotated[float, typer.Option("--repair-distill", rich_help_panel="Repair", help="--repair finetune / unlearn: weight of a distillation term, the KL divergence from the model before pruning on the clean images (0: none).", metavar='W')] = 0.0,
     plot: Annotated[Optional[Path], typer.Option("--plot", rich_help_panel="Output", help="Draw clean accuracy against channels pruned along the --max-acc-drop search, chosen point marked, to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
@@ -291,7 +293,7 @@ def prune(
             _check_prune_plot(plot, method, data, max_acc_drop, channels, inputs=tuple(p for p in (checkpoint, data, val, channels, output) if p))
         outcome = prune_checkpoint(
             checkpoint, arch, data=data, samples=samples, output=output, force=force, channels_report=channels, max_acc_drop=max_acc_drop,
-            val=val, repair=RepairSettings(repair, repair_epochs, repair_lr), method=method, u=u, seed=seed, normalize=normalize,
+            val=val, repair=RepairSettings(repair, repair_epochs, repair_lr, holdout=repair_holdout, distill=repair_distill), method=method, u=u, seed=seed, normalize=normalize,
             device=device, batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
             method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size,
         )

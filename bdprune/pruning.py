@@ -9,6 +9,8 @@ u, the top k, a reviewed list, or a clean-accuracy budget), pruning with the opt
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,7 +25,9 @@ from .errors import BdpruneError
 from .options import Resolved, ScanSettings, check_samples
 from .prune import Fill, channels_from_report, check_channels, default_output, mask_model, masked_tensors, model_tensors, \
     pruning_metadata, write_safetensors
-from .repair import PERSISTENCE_BAR, RepairSettings, clean_accuracy, find_triggers, repair_model
+from .purify import PURIFIERS
+from .repair_stop import HeldBack, split_held_back
+from .repair import PERSISTENCE_BAR, RepairSettings, clean_accuracy, find_triggers, purify, repair_model
 from .scan import check_input, load_samples, load_with, output_classes, scan_loaded, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
@@ -126,8 +130,10 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
         raise BdpruneError(f"--repair {repair.mode} trains on labelled clean samples, and this data has no labels", path=clean.source)
     dev, norm = resolved.device, resolved.normalize
     before = clean_accuracy(model, clean, device=dev, normalize=norm)
-    trains = repair.mode in ("finetune", "unlearn")
+    trains = repair.mode in ("finetune", "unlearn") or repair.mode in PURIFIERS
     meta = {"repair": repair.mode, "repair_epochs": str(repair.epochs) if trains else "", "repair_samples": str(len(clean))}
+    if trains:
+        meta["repair_lr"] = f"{repair.lr:g}"
     triggers, notes = None, []
     if trains:
         notes += _few_samples_note(model, clean, repair)
@@ -137,10 +143,25 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
         if found is not None:
             triggers = found.perturbations
             meta.update(found.metadata())
+    teacher = copy.deepcopy(model) if repair.distill > 0 and repair.mode in ("finetune", "unlearn") else None
+    train, held_back = clean, None
+    if repair.holdout > 0 and repair.mode in ("finetune", "unlearn"):
+        train, held = split_held_back(clean, repair.holdout, resolved.seed)
+        held_back = HeldBack(held, clean_accuracy(model, held, device=dev, normalize=norm))
+        meta["repair_holdout"] = f"{repair.holdout:g}"
+    if teacher is not None:
+        meta["repair_distill"] = f"{repair.distill:g}"
     mask_model(model, choice.channels, choice.params, choice.fill)
     pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
-    repaired = repair_model(model, choice.channels, choice.params, choice.fill, clean, repair, device=dev, normalize=norm,
-                            seed=resolved.seed, triggers=triggers, show_progress=show_progress)
+    if repair.mode in PURIFIERS:
+        repaired, report = purify(model, choice.channels, choice.params, choice.fill, clean, repair, device=dev, normalize=norm,
+                                  seed=resolved.seed, show_progress=show_progress)
+        notes += report.notes
+        meta.update(report.metadata)
+    else:
+        repaired = repair_model(model, choice.channels, choice.params, choice.fill, train, repair, device=dev, normalize=norm,
+                                seed=resolved.seed, triggers=triggers, show_progress=show_progress, held_back=held_back, notes=notes,
+                                teacher=teacher)
     acc = (before, pruned, clean_accuracy(repaired, clean, device=dev, normalize=norm))
     notes.append(f"--repair {repair.mode} on {len(clean)} clean samples: their ACC {acc[0]:.2f}% -> {acc[1]:.2f}% pruned "
                  f"-> {acc[2]:.2f}% repaired")

@@ -20,6 +20,11 @@ Above PROBE_MAX_CLASSES classes the per-class probe cannot try every class: ther
 trigger probe (whose cost does not depend on the class count) decides, and the per-class probe
 runs on the classes it names only (``verdict.targets``), each alone, and every one is unlearned.
 
+``fst``, ``sau`` and ``nc`` are published purifications at their papers' defaults
+(bdprune.purify, :func:`purify`). With ``holdout`` (``--repair-holdout``) ``finetune`` and
+``unlearn`` hold back a share of the clean samples and stop once the synthesized triggers no
+longer move them and their accuracy is back (bdprune.repair_stop).
+
 Pruned channels stay pruned: after every step their parameters are set back to what pruning
 gave them, so the file's ``pruned_channels`` metadata stays true. A backdoor can still regrow
 through the channels that remain, so measure ASR after repair (``bdprune eval``), not only before.
@@ -28,10 +33,11 @@ through the channels that remain, so measure ASR after repair (``bdprune eval``)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageSet
@@ -41,28 +47,52 @@ from .methods.masks import cross_entropy, labelled_batches, seeded_rng
 from .progress import progress_bar
 from .class_probe import EXPLAINED_BAR, MIN_GAP, class_probe, class_triggers, persistence, suspect_trigger
 from .prune import Fill, mask_model
+from .purify import PURIFIERS, Purified, PurifyJob
+from .repair_stop import HeldBack
+from .normalize import normalizer
 from .stats import bn_layers, run_forward
 
-REPAIRS = ("none", "bn", "finetune", "unlearn")
+REPAIRS = ("none", "bn", "finetune", "unlearn", *PURIFIERS)
 NO_TRIGGER = "--repair unlearn found no trigger ({}): fine-tuned on the clean samples alone"
+
+
+TRAINING_DEFAULTS = (10, 0.01, 128)  # finetune and unlearn: epochs, SGD learning rate, batch
 
 
 @dataclass
 class RepairSettings:
-    """How to repair: ``mode`` in REPAIRS, and the fine-tune's epochs, learning rate and batch."""
+    """How to repair: ``mode`` in REPAIRS, and the training's epochs, learning rate and batch
+    (None: the mode's own defaults, :func:`defaults`)."""
 
     mode: str = "none"
-    epochs: int = 10  # finetune and unlearn
-    lr: float = 0.01
-    batch_size: int = 128
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    holdout: float = 0.0  # finetune and unlearn: share of the clean samples held back to decide when to stop (bdprune.repair_stop)
+    distill: float = 0.0  # finetune and unlearn: weight of the KL divergence to the model before pruning, on the clean images
 
     def check(self) -> "RepairSettings":
-        """Refuse an unknown mode or a non-positive setting."""
+        """Refuse an unknown mode or a non-positive setting; the settings with every None filled."""
         if self.mode not in REPAIRS:
             raise BdpruneError(f"unknown --repair {self.mode!r}", hint=f"use {', '.join(REPAIRS)}")
-        if self.epochs < 1 or not self.lr > 0 or self.batch_size < 2:
+        epochs, lr, batch = defaults(self.mode)
+        filled = replace(self, epochs=epochs if self.epochs is None else self.epochs, lr=lr if self.lr is None else self.lr,
+                         batch_size=batch if self.batch_size is None else self.batch_size)
+        if filled.epochs < 1 or not filled.lr > 0 or filled.batch_size < 2:
             raise BdpruneError("--repair-epochs must be >= 1 and the learning rate > 0")
-        return self
+        if not 0.0 <= filled.holdout < 1.0:
+            raise BdpruneError(f"--repair-holdout must be in [0, 1), got {filled.holdout:g}")
+        if not filled.distill >= 0.0:
+            raise BdpruneError(f"--repair-distill must be >= 0, got {filled.distill:g}")
+        return filled
+
+
+def defaults(mode: str) -> tuple[int, float, int]:
+    """A repair mode's default epochs, learning rate and batch size (a purification's: its paper's)."""
+    if mode in PURIFIERS:
+        cls = PURIFIERS.get(mode)
+        return cls.epochs, cls.lr, cls.batch_size
+    return TRAINING_DEFAULTS
 
 
 def repair_model(
@@ -78,10 +108,19 @@ def repair_model(
     seed: int = 0,
     triggers: Sequence[Tensor] | None = None,
     show_progress: bool = False,
+    held_back: HeldBack | None = None,
+    notes: list[str] | None = None,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """A repaired copy of the pruned ``model`` (``model`` itself is not changed). ``triggers`` are
     the pixel-space perturbations ``unlearn`` teaches the model to ignore (:func:`find_triggers`);
-    without them ``unlearn`` is ``finetune``."""
+    without them ``unlearn`` is ``finetune``. With ``held_back`` (samples not in ``data``) the
+    fine-tune stops before an epoch once they say it can (bdprune.repair_stop); a line saying when
+    it stopped is appended to ``notes``."""
+    settings = settings.check()
+    if settings.mode in PURIFIERS:
+        return purify(model, channels, params, fill, data, settings, device=device, normalize=normalize, seed=seed,
+                      show_progress=show_progress)[0]
     net = copy.deepcopy(model).to(device)
     batches = labelled_batches(data, purpose=f"--repair {settings.mode}", device=device, batch_size=settings.batch_size,
                                normalize=normalize)
@@ -93,25 +132,65 @@ def repair_model(
         stamped = [labelled_batches(ImageSet((data.images + p).clamp(0.0, 1.0), data.labels, data.source), purpose="--repair unlearn",
                                     device=device, batch_size=settings.batch_size, normalize=normalize).images
                    for p in triggers or ()]
+    soft = None
+    if teacher is not None and settings.distill > 0:
+        with torch.no_grad():
+            teacher = teacher.to(device).eval()
+            soft = torch.cat([F.softmax(run_forward(teacher, batches.images[i : i + 256]), 1) for i in range(0, len(batches), 256)])
     g = torch.Generator().manual_seed(seed)
     with seeded_rng(seed, device):
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
         with progress_bar(settings.epochs, f"--repair {settings.mode}: epochs", enabled=show_progress) as advance:
-            for _ in range(settings.epochs):
-                _train_epoch(net, batches, stamped, g, opt, channels, params, fill)
+            run = settings.epochs
+            for epoch in range(settings.epochs):
+                if held_back is not None and held_back.done(net, triggers or (), device=device, normalize=normalize)[0]:
+                    run = epoch
+                    break
+                net.train()
+                _train_epoch(net, batches, stamped, g, opt, channels, params, fill, soft, settings.distill)
                 advance(1)
+    if held_back is not None and notes is not None:
+        why = held_back.done(net, triggers or (), device=device, normalize=normalize)[1]
+        notes.append(f"--repair {settings.mode} {'stopped after' if run < settings.epochs else 'ran'} {run} of {settings.epochs} "
+                     f"epochs: {why}")
     return net.eval()
 
 
-def _train_epoch(net, batches, stamped, g, opt, channels, params, fill) -> None:
-    """One epoch of finetune / unlearn over shuffled clean batches (each with its triggered copy when ``stamped``)."""
+def _distilled(net, images, labels, soft, weight) -> tuple[Tensor, None]:
+    """Cross-entropy on ``images`` plus ``weight`` x KL(soft || net) on the first len(soft) (the clean ones)."""
+    logits = run_forward(net, images)
+    kl = F.kl_div(F.log_softmax(logits[: len(soft)], 1), soft, reduction="batchmean")
+    return F.cross_entropy(logits, labels) + weight * kl, None
+
+
+def purify(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], fill: Fill | None, data: ImageSet,
+           settings: RepairSettings, *, device: torch.device, normalize=None, seed: int = 0,
+           show_progress: bool = False) -> tuple[nn.Module, Purified]:
+    """A copy of the pruned ``model`` repaired by the published purification ``settings.mode``
+    (bdprune.purify), with what it reports; the pruned channels are held pruned after every step."""
+    settings = settings.check()
+    batches = labelled_batches(data, purpose=f"--repair {settings.mode}", device=device, batch_size=settings.batch_size,
+                               normalize=normalize)
+    net = copy.deepcopy(model).to(device)
+    reference = copy.deepcopy(net).eval().requires_grad_(False)
+    with seeded_rng(seed, device), progress_bar(settings.epochs, f"--repair {settings.mode}: epochs", enabled=show_progress) as advance:
+        job = PurifyJob(net, reference, data.images.to(device, torch.float32), batches.images, batches.labels,
+                        normalizer(normalize, device), lambda m: mask_model(m, channels, params, fill), settings.epochs,
+                        settings.lr, settings.batch_size, torch.Generator().manual_seed(seed), device, advance)
+        report = PURIFIERS.get(settings.mode)().run(job)
+    return net.eval(), report
+
+
+def _train_epoch(net, batches, stamped, g, opt, channels, params, fill, soft=None, distill=0.0) -> None:
+    """One epoch of finetune / unlearn over shuffled clean batches (each with its triggered copy when
+    ``stamped``); with ``soft`` (the teacher's probabilities) plus ``distill`` x KL to them on the clean half."""
     for idx in batches.shuffled_indices(g):
         images, labels = batches.images[idx], batches.labels[idx]
         if stamped:  # the same images carrying one synthesized trigger, with their true labels
             pick = stamped[int(torch.randint(len(stamped), (1,), generator=g))]
             images, labels = torch.cat([images, pick[idx]]), torch.cat([labels, labels])
-        loss, _ = cross_entropy(net, images, labels)
+        loss, _ = cross_entropy(net, images, labels) if soft is None else _distilled(net, images, labels, soft[idx], distill)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -229,3 +229,36 @@ def test_above_the_class_limit_unlearn_takes_every_target_the_verdict_names(monk
     assert asked == [[120], [31]] and (found.target, found.more) == (120, [31]) and len(found.perturbations) == 4
     assert found.persistence == pytest.approx(0.8) and found.metadata()["unlearned_class"] == "120,31"
     assert "class 120, 31, named by the verdict's trigger probe" in note
+
+
+def test_distillation_adds_the_kl_divergence_to_the_teacher_on_the_clean_half():
+    from bdprune.repair import _distilled
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    images, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    soft = torch.softmax(torch.randn(3, 3), 1)  # the teacher's probabilities for the first three (clean) images
+    loss, _ = _distilled(net, images, labels, soft, 0.5)
+    with torch.no_grad():
+        logits = net(images)
+    p = torch.log_softmax(logits[:3], 1)
+    kl = sum(float((soft[i] * (soft[i].log() - p[i])).sum()) for i in range(3)) / 3
+    ce = float(torch.nn.functional.cross_entropy(logits, labels))
+    assert loss.item() == pytest.approx(ce + 0.5 * kl, rel=1e-5)
+
+
+def test_distilling_from_the_model_itself_changes_the_fine_tune_and_is_recorded(tmp_path, bn_checkpoint, images_npz):
+    out = tmp_path / "pruned.safetensors"
+    result = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                                      "--u", "1", "--repair", "finetune", "--repair-epochs", "2", "--repair-distill", "1",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    plain = tmp_path / "plain.safetensors"
+    CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                             "--u", "1", "--repair", "finetune", "--repair-epochs", "2", "-o", str(plain)])
+    with safe_open(str(out), framework="pt") as f, safe_open(str(plain), framework="pt") as g:
+        assert f.metadata()["repair_distill"] == "1" and "repair_distill" not in g.metadata()
+        assert any(not torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in f.keys())
+    bad = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                                   "--repair", "unlearn", "--repair-distill", "-1", "-o", str(tmp_path / "no.safetensors")])
+    assert bad.exit_code == 2 and "--repair-distill" in bad.output and not (tmp_path / "no.safetensors").exists()
