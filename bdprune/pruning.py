@@ -10,7 +10,6 @@ u, the top k, a reviewed list, or a clean-accuracy budget), pruning with the opt
 from __future__ import annotations
 
 import copy
-
 import json
 import math
 from dataclasses import dataclass, field
@@ -143,14 +142,7 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
         if found is not None:
             triggers = found.perturbations
             meta.update(found.metadata())
-    teacher = copy.deepcopy(model) if repair.distill > 0 and repair.mode in ("finetune", "unlearn") else None
-    train, held_back = clean, None
-    if repair.holdout > 0 and repair.mode in ("finetune", "unlearn"):
-        train, held = split_held_back(clean, repair.holdout, resolved.seed)
-        held_back = HeldBack(held, clean_accuracy(model, held, device=dev, normalize=norm))
-        meta["repair_holdout"] = f"{repair.holdout:g}"
-    if teacher is not None:
-        meta["repair_distill"] = f"{repair.distill:g}"
+    train, held_back, teacher = _fine_tune_extras(model, clean, repair, resolved, meta)
     mask_model(model, choice.channels, choice.params, choice.fill)
     pruned = clean_accuracy(model, clean, device=dev, normalize=norm)
     if repair.mode in PURIFIERS:
@@ -169,6 +161,23 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
     notes.append(residual_note)
     meta.update(residual_meta)
     return repaired, acc, notes, meta
+
+
+def _fine_tune_extras(model: nn.Module, clean: ImageSet, repair: RepairSettings, resolved: Resolved,
+                      meta: dict[str, str]) -> tuple[ImageSet, HeldBack | None, nn.Module | None]:
+    """For finetune / unlearn, from the model before pruning: the samples to train on and those held
+    back (``--repair-holdout``), and the teacher (``--repair-distill``); recorded in ``meta``."""
+    if repair.mode not in ("finetune", "unlearn"):
+        return clean, None, None
+    teacher = None
+    if repair.distill > 0:
+        teacher = copy.deepcopy(model)
+        meta["repair_distill"] = f"{repair.distill:g}"
+    if repair.holdout <= 0:
+        return clean, None, teacher
+    train, held = split_held_back(clean, repair.holdout, resolved.seed)
+    meta["repair_holdout"] = f"{repair.holdout:g}"
+    return train, HeldBack(held, clean_accuracy(model, held, device=resolved.device, normalize=resolved.normalize)), teacher
 
 
 # Below this many labelled samples per class the fine-tune overfits them: on the 1,000-class zoo

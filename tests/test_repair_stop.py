@@ -81,3 +81,27 @@ def test_an_unreachable_target_runs_every_epoch_like_a_fixed_schedule(bn_model):
     for a, b in zip(stopped.state_dict().values(), fixed.state_dict().values()):
         assert torch.equal(a, b)
     assert notes[0].startswith("--repair finetune ran 2 of 2 epochs")
+
+
+def test_the_cli_records_the_held_back_share_and_says_when_it_stopped(tmp_path, bn_checkpoint, images_npz):
+    import json
+
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from bdprune.cli import app
+
+    out = tmp_path / "pruned.safetensors"
+    result = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                                      "--u", "1", "--repair", "finetune", "--repair-epochs", "2", "--repair-holdout", "0.25",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "--repair finetune stopped after" in result.output or "--repair finetune ran 2 of 2" in result.output
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        assert meta["repair_holdout"] == "0.25"
+        for layer, chans in json.loads(meta["pruned_channels"]).items():
+            assert torch.all(f.get_tensor(f"{layer}.weight")[chans] == 0)
+    bad = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz),
+                                   "--repair", "finetune", "--repair-holdout", "1", "-o", str(tmp_path / "no.safetensors")])
+    assert bad.exit_code == 2 and "--repair-holdout" in bad.output
