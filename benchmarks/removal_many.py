@@ -35,6 +35,7 @@ VARIANTS = {"bnp+unlearn": {"repair": "unlearn"}, "unlearn alone": {"u": 1e9, "r
             "bnp+unlearn, holdout 0.2": {"repair": RepairSettings("unlearn", holdout=0.2)},
             "unlearn alone, holdout 0.2": {"u": 1e9, "repair": RepairSettings("unlearn", holdout=0.2)},
             "bnp+unlearn, distill 1": {"repair": RepairSettings("unlearn", distill=1.0)},
+            "bnp+unlearn, lr 0.001": {"repair": RepairSettings("unlearn", lr=0.001)},
             "fst": {"u": 1e9, "repair": "fst"}, "sau": {"u": 1e9, "repair": "sau"}, "nc": {"u": 1e9, "repair": "nc"}}
 MANY_VARIANTS = ("bnp+unlearn", "unlearn alone")
 
