@@ -25,15 +25,15 @@ from .errors import BdpruneError
 from .methods import ScoreContext
 from .methods.masks import seeded_rng
 from .scoring import ScanResult, flag
-from .stats import bn_layers, collect_stats, run_forward
+from .stats import bn_layers, collect_stats, last_linear, run_forward
 
 LARGE_AREA = 4  # images over this many times the declared input area need --image-size
 
 
 def output_classes(model: nn.Module) -> int | None:
     """Output size of the model's last linear layer, if it has one."""
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linear[-1].out_features if linear else None
+    head = last_linear(model)
+    return head.out_features if head is not None else None
 
 
 @dataclass

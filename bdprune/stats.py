@@ -24,6 +24,12 @@ def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
 
 
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The last nn.Linear of ``model`` in registration order (its classifier, for most), or None."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1] if linear else None
+
+
 @dataclass
 class LayerStats:
     """What one BN layer's input looked like over the data."""

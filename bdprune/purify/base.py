@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..methods.masks import LabelledBatches, cross_entropy
 from ..registry import Registry
 
 
@@ -36,10 +37,30 @@ class PurifyJob:
     advance: Callable[[int], None] = lambda n: None  # the progress bar, one per epoch
 
     def batches(self) -> list[Tensor]:
-        """One epoch's sample indices in a random order (a DataLoader with ``shuffle=True``); a
-        last batch of one sample is dropped, since BatchNorm in training mode cannot normalise it."""
-        order = torch.randperm(len(self.labels), generator=self.generator).to(self.labels.device)
-        return [idx for idx in order.split(self.batch_size) if len(idx) > 1]
+        """One epoch's sample indices in a random order (:meth:`LabelledBatches.shuffled_indices`)."""
+        return list(LabelledBatches(self.inputs, self.labels, self.batch_size).shuffled_indices(self.generator))
+
+    def tune(self, opt: torch.optim.Optimizer, inputs: Tensor | None = None,
+             penalty: Callable[[], Tensor] | None = None, after_step: Callable[[], None] | None = None) -> None:
+        """Train ``net`` in training mode for ``epochs`` on cross-entropy over ``inputs`` (default:
+        ``self.inputs``) plus ``penalty()``, with ``opt`` cosine-annealed over the epochs; after each
+        step ``after_step()``, then :attr:`hold`."""
+        inputs = self.inputs if inputs is None else inputs
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs)
+        self.net.train()
+        for _ in range(self.epochs):
+            for idx in self.batches():
+                loss, _ = cross_entropy(self.net, inputs[idx], self.labels[idx])
+                if penalty is not None:
+                    loss = loss + penalty()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step()
+                self.hold(self.net)
+            schedule.step()
+            self.advance(1)
 
 
 @dataclass

@@ -21,17 +21,17 @@ import torch
 from torch import nn
 
 from ..errors import BdpruneError
-from ..methods.masks import cross_entropy
+from ..stats import last_linear
 from .base import PURIFIERS, Purified, Purifier, PurifyJob
 
 
 def classifier(model: nn.Module) -> nn.Linear:
-    """The model's last nn.Linear, taken as its classifier head."""
-    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linear:
+    """The model's last nn.Linear (:func:`bdprune.stats.last_linear`), taken as its classifier head."""
+    head = last_linear(model)
+    if head is None:
         raise BdpruneError("--repair fst re-initializes the linear classifier, and this model has no nn.Linear",
                            hint="use --repair unlearn or finetune")
-    return linear[-1]
+    return head
 
 
 def shift_penalty(weight: torch.Tensor, original: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -57,20 +57,12 @@ class FeatureShiftTuning(Purifier):
             head.weight.uniform_(-bound, bound, generator=job.generator)
             if head.bias is not None:
                 head.bias.uniform_(-bound, bound, generator=job.generator)
-        opt = torch.optim.SGD(net.parameters(), lr=job.lr, momentum=0.9)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, job.epochs)
-        net.train()
-        for _ in range(job.epochs):
-            for idx in job.batches():
-                loss, _ = cross_entropy(net, job.inputs[idx], job.labels[idx])
-                loss = loss + shift_penalty(head.weight, original, self.alpha)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    head.weight.mul_(norm / head.weight.norm())
-                job.hold(net)
-            schedule.step()
-            job.advance(1)
+
+        def rescale() -> None:
+            with torch.no_grad():
+                head.weight.mul_(norm / head.weight.norm())
+
+        job.tune(torch.optim.SGD(net.parameters(), lr=job.lr, momentum=0.9),
+                 penalty=lambda: shift_penalty(head.weight, original, self.alpha), after_step=rescale)
         return Purified([f"--repair fst: classifier re-initialized, tuned {job.epochs} epochs with alpha {self.alpha:g}"],
                         {"fst_alpha": f"{self.alpha:g}"})

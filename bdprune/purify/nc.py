@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..methods.masks import cross_entropy
 from ..stats import run_forward
 from .base import PURIFIERS, Purified, Purifier, PurifyJob
 
@@ -184,16 +183,4 @@ class NeuralCleanse(Purifier):
     def _unlearn(self, job: PurifyJob, triggers: list[tuple[Tensor, Tensor]]) -> None:
         """Fine-tune ``job.net`` on the samples, a fifth of them stamped with ``triggers``, true labels."""
         inputs = job.to_input(unlearning_pixels(job.pixels, triggers, self.unlearning_ratio, job.generator))
-        net = job.net
-        opt = torch.optim.SGD(net.parameters(), lr=job.lr, momentum=0.9, weight_decay=5e-4)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, job.epochs)
-        net.train()
-        for _ in range(job.epochs):
-            for idx in job.batches():
-                loss, _ = cross_entropy(net, inputs[idx], job.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                job.hold(net)
-            schedule.step()
-            job.advance(1)
+        job.tune(torch.optim.SGD(job.net.parameters(), lr=job.lr, momentum=0.9, weight_decay=5e-4), inputs)
