@@ -26,7 +26,7 @@ from .prune import Fill, channels_from_report, check_channels, default_output, m
     pruning_metadata, write_safetensors
 from .purify import PURIFIERS
 from .repair_stop import HeldBack, split_held_back
-from .repair import PERSISTENCE_BAR, RepairSettings, clean_accuracy, find_triggers, purify, repair_model
+from .repair import FINE_TUNES, PERSISTENCE_BAR, RepairSettings, clean_accuracy, find_triggers, purify, repair_model
 from .scan import check_input, load_samples, load_with, output_classes, scan_loaded, score_model
 from .scoring import ScanResult
 from .tune import CurvePoint, choose_k, choose_u
@@ -129,7 +129,7 @@ def prune_and_repair(model: nn.Module, choice: Choice, repair: RepairSettings, c
         raise BdpruneError(f"--repair {repair.mode} trains on labelled clean samples, and this data has no labels", path=clean.source)
     dev, norm = resolved.device, resolved.normalize
     before = clean_accuracy(model, clean, device=dev, normalize=norm)
-    trains = repair.mode in ("finetune", "unlearn") or repair.mode in PURIFIERS
+    trains = repair.mode in FINE_TUNES or repair.mode in PURIFIERS
     meta = {"repair": repair.mode, "repair_epochs": str(repair.epochs) if trains else "", "repair_samples": str(len(clean))}
     if trains:
         meta["repair_lr"] = f"{repair.lr:g}"
@@ -167,7 +167,7 @@ def _fine_tune_extras(model: nn.Module, clean: ImageSet, repair: RepairSettings,
                       meta: dict[str, str]) -> tuple[ImageSet, HeldBack | None, nn.Module | None]:
     """For finetune / unlearn, from the model before pruning: the samples to train on and those held
     back (``--repair-holdout``), and the teacher (``--repair-distill``); recorded in ``meta``."""
-    if repair.mode not in ("finetune", "unlearn"):
+    if repair.mode not in FINE_TUNES:
         return clean, None, None
     teacher = None
     if repair.distill > 0:

@@ -52,11 +52,12 @@ from .repair_stop import HeldBack
 from .normalize import normalizer
 from .stats import bn_layers, run_forward
 
-REPAIRS = ("none", "bn", "finetune", "unlearn", *PURIFIERS)
+FINE_TUNES = ("finetune", "unlearn")  # bdprune's own training repairs (holdout and distill apply to them)
+REPAIRS = ("none", "bn", *FINE_TUNES, *PURIFIERS)
 NO_TRIGGER = "--repair unlearn found no trigger ({}): fine-tuned on the clean samples alone"
 
 
-TRAINING_DEFAULTS = (10, 0.01, 128)  # finetune and unlearn: epochs, SGD learning rate, batch
+TRAINING_DEFAULTS = (10, 0.01, 128)  # their epochs, SGD learning rate, batch
 
 
 @dataclass
@@ -142,26 +143,29 @@ def repair_model(
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
         with progress_bar(settings.epochs, f"--repair {settings.mode}: epochs", enabled=show_progress) as advance:
-            run = settings.epochs
+            run, done = settings.epochs, None
             for epoch in range(settings.epochs):
-                if held_back is not None and held_back.done(net, triggers or (), device=device, normalize=normalize)[0]:
-                    run = epoch
-                    break
+                if held_back is not None:
+                    done = held_back.done(net, triggers or (), device=device, normalize=normalize)
+                    if done[0]:
+                        run = epoch
+                        break
                 net.train()
                 _train_epoch(net, batches, stamped, g, opt, channels, params, fill, soft, settings.distill)
                 advance(1)
     if held_back is not None and notes is not None:
-        why = held_back.done(net, triggers or (), device=device, normalize=normalize)[1]
+        if run == settings.epochs:  # the check after the last epoch
+            done = held_back.done(net, triggers or (), device=device, normalize=normalize)
         notes.append(f"--repair {settings.mode} {'stopped after' if run < settings.epochs else 'ran'} {run} of {settings.epochs} "
-                     f"epochs: {why}")
+                     f"epochs: {done[1]}")
     return net.eval()
 
 
-def _distilled(net, images, labels, soft, weight) -> tuple[Tensor, None]:
+def _distilled(net, images, labels, soft, weight) -> Tensor:
     """Cross-entropy on ``images`` plus ``weight`` x KL(soft || net) on the first len(soft) (the clean ones)."""
     logits = run_forward(net, images)
     kl = F.kl_div(F.log_softmax(logits[: len(soft)], 1), soft, reduction="batchmean")
-    return F.cross_entropy(logits, labels) + weight * kl, None
+    return F.cross_entropy(logits, labels) + weight * kl
 
 
 def purify(model: nn.Module, channels: Mapping[str, Sequence[int]], params: Sequence[str], fill: Fill | None, data: ImageSet,
@@ -190,7 +194,7 @@ def _train_epoch(net, batches, stamped, g, opt, channels, params, fill, soft=Non
         if stamped:  # the same images carrying one synthesized trigger, with their true labels
             pick = stamped[int(torch.randint(len(stamped), (1,), generator=g))]
             images, labels = torch.cat([images, pick[idx]]), torch.cat([labels, labels])
-        loss, _ = cross_entropy(net, images, labels) if soft is None else _distilled(net, images, labels, soft[idx], distill)
+        loss = cross_entropy(net, images, labels)[0] if soft is None else _distilled(net, images, labels, soft[idx], distill)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

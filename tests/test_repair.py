@@ -238,7 +238,7 @@ def test_distillation_adds_the_kl_divergence_to_the_teacher_on_the_clean_half():
     net = torch.nn.Linear(4, 3)
     images, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     soft = torch.softmax(torch.randn(3, 3), 1)  # the teacher's probabilities for the first three (clean) images
-    loss, _ = _distilled(net, images, labels, soft, 0.5)
+    loss = _distilled(net, images, labels, soft, 0.5)
     with torch.no_grad():
         logits = net(images)
     p = torch.log_softmax(logits[:3], 1)
