@@ -160,7 +160,7 @@ def synthesize(model: nn.Module, images: Tensor, clean: Moments, *, device: torc
     in [0, 1]) and their ``clean`` moments (:func:`clean_moments` of a pass over the same images).
     The perturbations are optimized on the first PROBE_IMAGES images and judged on the next
     EVAL_IMAGES (all of them are used for both when there are too few to split); their backward
-    passes hold about what a statistics pass of ``batch_size`` images holds (:func:`chunk_size`).
+    passes hold at most about 3 MiB of activations per image of ``batch_size`` (:func:`chunk_size`).
     None when no BN layer has statistics or the network shows no divergence at all."""
     t0 = time.perf_counter()
     base = divergence(clean)
@@ -318,26 +318,28 @@ def _bn_sums(model: nn.Module, x: Tensor, clean: Moments, logits: list[Tensor] |
 
 
 def chunk_size(model: nn.Module, image: Tensor, clean: Moments, batch_size: int, norm: Callable[[Tensor], Tensor]) -> int:
-    """How many images one backward pass of the probe may hold: the bytes autograd saves for one
-    image's backward pass (every layer's activations), against what a statistics pass of
-    ``batch_size`` images holds at once (about two copies of its widest BN input per image).
+    """How many images one backward pass of the probe may hold: BYTES_PER_BATCH_IMAGE for each of
+    ``batch_size`` images (384 MiB at the default 128), against the activations autograd saves for
+    one image's backward pass (the weights it also saves are held anyway and are not counted).
     Measured on one image; at least MIN_CHUNK (smaller batches run slowly) and at most PROBE_IMAGES."""
+    held = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved = [0]
 
     def pack(t: Tensor) -> Tensor:
-        saved[0] += t.numel() * t.element_size()
+        if t.untyped_storage().data_ptr() not in held:
+            saved[0] += t.numel() * t.element_size()
         return t
 
     x = image.unsqueeze(0).clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sums = _bn_sums(model, norm(x), clean)
-    widest = max((n * len(clean[name]["mu_b"]) * image.element_size() for name, (_, _, n) in sums.items()), default=0)
-    if not saved[0] or not widest:
+        _bn_sums(model, norm(x), clean)
+    if not saved[0]:
         return PROBE_IMAGES
-    return max(MIN_CHUNK, min(PROBE_IMAGES, int(2 * batch_size * widest / saved[0])))
+    return max(MIN_CHUNK, min(PROBE_IMAGES, int(BYTES_PER_BATCH_IMAGE * batch_size / saved[0])))
 
 
 MIN_CHUNK = 8
+BYTES_PER_BATCH_IMAGE = 3 * 2**20  # whole-scan peak RSS within 1.5x a bare pass (benchmarks/RESULTS.md, cost of the verdict)
 
 
 def _predict(model: nn.Module, norm: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

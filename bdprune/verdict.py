@@ -114,8 +114,8 @@ def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int 
     whose labels the composition check uses, or a tensor) are given, fed normalized by
     ``normalize`` (mean and std values, as resolved by bdprune.options) on ``device``;
     ``moments`` are their clean BN moments when a statistics pass already gathered them
-    (:func:`bdprune.probe.clean_moments`); the probe's backward passes hold about what a pass of
-    ``batch_size`` images does. Without a model only the kl-ratio part is assessed and a note says so."""
+    (:func:`bdprune.probe.clean_moments`); ``batch_size`` bounds what the probe's backward passes hold
+    (:func:`bdprune.probe.chunk_size`). Without a model only the kl-ratio part is assessed and a note says so."""
     statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
     threshold = default if fail_threshold is None else fail_threshold
     if statistic == "trigger|kl-ratio":

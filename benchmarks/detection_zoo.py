@@ -126,22 +126,36 @@ def triggers(kind: str, variant: int) -> dict[str, tuple[str, str]]:
 
 
 def specs() -> list[Spec]:
-    """Every zoo model, in a fixed order; parts assigned round-robin within each architecture."""
+    """Every zoo model, in a fixed order: the first round's models, parts assigned round-robin
+    within each architecture, then the fresh holdout's (part ``fresh``: new seeds, hence new
+    weights and targets, trained after the rule frozen on ``cal`` was chosen; FRESH_KINDS only)."""
+    return _round(0) + _round(1)
+
+
+FRESH_KINDS = ("digits8", "mnist28", "cmnist32")  # the many-class kinds train for hours on this CPU
+FRESH_SEED = 500_000
+
+
+def _round(round_: int) -> list[Spec]:
     out = []
     for kind, archs in ARCHS.items():
+        if round_ and kind not in FRESH_KINDS:
+            continue
         classes = KINDS[kind][4]
         for a, (arch, width) in enumerate(archs):
             tag = f"{kind}-{arch}{width}"
             trig = triggers(kind, a)
-            rng = np.random.default_rng(1000 * (list(KINDS).index(kind) + 1) + a)
+            rng = np.random.default_rng(1000 * (list(KINDS).index(kind) + 1) + a + 77 * round_)
+            base = FRESH_SEED * round_ + 10_000 * a
+            suffix = f"-h{round_}" if round_ else ""
             items: list[Spec] = []
             for v, variant in enumerate(CLEAN_VARIANTS):
-                items.append(Spec(f"{tag}-clean-{variant}", kind, arch, width, "clean", variant, 0.0, seed=10_000 * a + v))
+                items.append(Spec(f"{tag}-clean-{variant}{suffix}", kind, arch, width, "clean", variant, 0.0, seed=base + v))
             plan = [(f, RATES[(f_i + a) % 3]) for f_i, f in enumerate(FAMILIES)] + [(f, 0.01) for f in EXTRA_LOW_RATE]
             for i, (family, rate) in enumerate(plan):
                 t1, t2 = (int(t) for t in rng.choice(classes, size=2, replace=False))
                 rate = 0.08 if family == "cleanlabel" else rate  # most of the target class (needs a strong signal)
-                seed = 10_000 * a + 100 + i
+                seed = base + 100 + i
                 if family == "multi":
                     p1, p2 = trig["badnets"], trig["blended"]
                     poisons = [("all-to-one", p1[0], p1[1], t1, rate), ("all-to-one", p2[0], p2[1], t2, rate)]
@@ -157,7 +171,7 @@ def specs() -> list[Spec]:
                                   f"r{round(rate * 100):02d}", rate, poisons, seed))
             shift = len({(x.kind, x.arch, x.width) for x in out})  # rotate, so every clean variant and family lands in both parts
             for i, spec in enumerate(items):
-                spec.part = "cal" if (i + shift) % 3 == 0 else "eval"
+                spec.part = "fresh" if round_ else ("cal" if (i + shift) % 3 == 0 else "eval")
             out += items
     return out
 
@@ -387,7 +401,7 @@ def main() -> None:
     p.add_argument("command", choices=("train", "scan", "report", "list"))
     p.add_argument("--write", action="store_true", help="report: write the section into benchmarks/RESULTS.md")
     p.add_argument("--kind", action="append", choices=tuple(KINDS))
-    p.add_argument("--part", choices=("cal", "eval"))
+    p.add_argument("--part", choices=("cal", "eval", "fresh"))
     p.add_argument("--arch", action="append", help="e.g. vgg11_bn1d8 (architecture and width)")
     p.add_argument("--family", action="append", choices=FAMILIES + ("clean",))
     p.add_argument("--threads", type=int, default=1)

@@ -167,3 +167,36 @@ def test_the_gradient_is_exact_however_the_images_are_chunked(bn_model):
         torch.testing.assert_close(d, grads[0][0], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(s, grads[0][1], rtol=1e-4, atol=1e-7)
     assert grads[0][0].abs().max() > 0
+
+
+def test_chunk_size_counts_the_saved_activations_not_the_weights():
+    """A network whose weights dwarf its activations gets whole batches (the weights are held
+    anyway); one whose activations are large gets chunks that shrink with ``batch_size``."""
+    from bdprune.probe import BYTES_PER_BATCH_IMAGE, MIN_CHUNK, _bn_sums, chunk_size
+
+    def net(channels: int, side: int, hidden: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(channels * side * side, hidden)).eval()
+
+    identity = lambda t: t  # noqa: E731
+    heavy = net(4, 8, 4096)  # 4 MiB of weights in the linear layer, a few KiB of activations
+    image = make_images(1, seed=15)[0]
+    assert chunk_size(heavy, image, channel_moments(heavy, make_images(16, seed=16)), 1, identity) == PROBE_IMAGES
+
+    wide = net(64, 64, 2)  # 1 MiB per activation tensor of one 64 x 64 image
+    image = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(15))
+    mom = channel_moments(wide, torch.rand(16, 1, 64, 64, generator=torch.Generator().manual_seed(16)))
+    saved = []  # what one image's backward pass saves, outside the module's own tensors
+
+    def pack(t):
+        if all(t.untyped_storage().data_ptr() != p.untyped_storage().data_ptr() for p in wide.parameters()):
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _bn_sums(wide, image.unsqueeze(0).clone().requires_grad_(True), mom)
+    per_image = sum(saved)
+    got = {batch: chunk_size(wide, image, mom, batch, identity) for batch in (1, 16, 64)}
+    assert got[16] == int(BYTES_PER_BATCH_IMAGE * 16 / per_image)
+    assert MIN_CHUNK < got[16] < PROBE_IMAGES
+    assert got[1] == MIN_CHUNK and got[64] == PROBE_IMAGES
