@@ -89,6 +89,7 @@ def scan_model(
     method_args: Mapping[str, Any] | None = None,
     name: str | None = None,
     show_progress: bool = False,
+    thorough: bool = False,
 ) -> ScanResult:
     """Score every BatchNorm channel of ``model`` and give it a verdict, as ``bdprune scan`` does.
 
@@ -97,22 +98,23 @@ def scan_model(
     the data-free ``clp``. ``samples`` of them are drawn with ``seed`` exactly as ``--samples``
     draws from a file (a DataLoader is read in its own order). ``method`` defaults to ``bnp`` with
     data and ``clp`` without; ``u`` to the method's threshold; ``device`` to the model's own;
-    ``name`` labels the result (default ``<ClassName>``). Returns a
+    ``name`` labels the result (default ``<ClassName>``); ``thorough`` adds the per-class probe's
+    class gap to the verdict (``--thorough``). Returns a
     :class:`~bdprune.scoring.ScanResult`: ``ranked()``, ``flagged_channels()``, ``verdict``, and
     ``to_dict()``, the JSON report's document."""
     with _parameter_names():
         return _scan_model(model, data, labels, method, u, samples, seed, normalize, device, batch_size, fail_threshold,
-                           method_args, name, show_progress)
+                           method_args, name, show_progress, thorough)
 
 
 def _scan_model(model, data, labels, method, u, samples, seed, normalize, device, batch_size, fail_threshold, method_args, name,
-                show_progress) -> ScanResult:
+                show_progress, thorough) -> ScanResult:
     dev = _device(model, device)
     check_batch_size(batch_size)
     check_samples(samples, seed)
     images = None if data is None else as_image_set(data, labels, samples=samples, seed=seed)
     settings = ScanSettings(method=method, u=u, seed=seed, normalize=normalize, batch_size=batch_size, fail_threshold=fail_threshold,
-                            method_args=_strings(method_args))
+                            method_args=_strings(method_args), thorough=thorough)
     resolved = settings.resolve(has_data=images is not None, device=dev)
     return scan_loaded(_loaded(model, name), images, resolved, show_progress=show_progress)
 
@@ -213,7 +215,7 @@ def scan_checkpoints(checkpoints: Sequence[str | Path], arch: str | None, **opti
     order given, each a :class:`~bdprune.scoring.ScanResult` with its verdict or a
     :class:`~bdprune.scoring.ScanFailure`. ``options`` are :class:`~bdprune.options.ScanSettings`
     fields (method, u, seed, normalize, device, batch_size, num_classes, arch_args, trust_pickle,
-    fail_threshold, method_args) and :func:`bdprune.fleet.scan_fleet`'s keywords (data, samples,
+    fail_threshold, method_args, thorough) and :func:`bdprune.fleet.scan_fleet`'s keywords (data, samples,
     jobs, ray, ray_address, resume, on_row, show_progress, and ``strict``, here True by default:
     the error of a single checkpoint is raised instead of becoming a row)."""
     names = {f.name for f in fields(ScanSettings)}

@@ -149,6 +149,24 @@ def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, m
     return ProbeResult(success, target, gap, key, n, time.perf_counter() - t0, perturbation, candidates, per_budget)
 
 
+def class_gap(probe: ProbeResult, classes: Sequence[int]) -> tuple[float, int | None, str | None]:
+    """The largest lead one of ``classes`` takes over every other class at one of the probe's
+    budgets (its share of the images minus the best other class's share, each class with its own
+    perturbation), that class and that budget; (0, None, None) when none of them leads anywhere.
+
+    A backdoor's target is reachable at budgets where no other class takes many images; a clean
+    model's weak spot leads too, but by less (the verdict's ``--thorough`` bar, bdprune.verdict)."""
+    best: tuple[float, int | None, str | None] = (0.0, None, None)
+    for budget, shares in probe.per_budget.items():
+        for cls in sorted(set(classes)):
+            if not 0 <= cls < len(shares):
+                continue
+            lead = shares[cls] - max((s for k, s in enumerate(shares) if k != cls), default=0.0)
+            if lead > best[0]:
+                best = (lead, cls, budget)
+    return best
+
+
 MIX = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 

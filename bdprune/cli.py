@@ -148,6 +148,7 @@ def scan(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel="Output", help="Write the report to FILE instead of stdout.", metavar='FILE')] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", rich_help_panel="Output", help="Also draw every channel's score per layer, flags, thresholds and the verdict to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
     fail_threshold: Annotated[Optional[float], typer.Option("--fail-threshold", rich_help_panel="Thresholds", help="Verdict threshold on the checkpoint statistic (default: calibrated per method).", metavar='X')] = None,
+    thorough: Annotated[bool, typer.Option("--thorough", rich_help_panel="Thresholds", help="bnp's verdict also runs the per-class trigger probe (up to 100 classes; its cost grows with them, about 8 passes over 500 samples per class) and flags a class that leads every other by more than its bar: catches more low-rate backdoors.")] = False,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", rich_help_panel="Thresholds", help="Exit 0 even when a checkpoint is suspicious (report-only runs).")] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
@@ -184,7 +185,7 @@ def scan(
                 strict=not streaming, on_row=None if sink is None else (lambda row: sink.write(jsonl_row(row.outcome, row.sha256))),
                 method=method, u=u, seed=seed, normalize=normalize, device=device, batch_size=batch_size, num_classes=num_classes,
                 arch_args=_key_values(arch_arg), trust_pickle=trust_pickle, fail_threshold=fail_threshold,
-                method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size,
+                method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size, thorough=thorough,
             )
         except KeyboardInterrupt:
             if sink is None:

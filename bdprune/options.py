@@ -44,6 +44,7 @@ class ScanSettings:
     fail_threshold: float | None = None
     method_args: Mapping[str, str] | None = None
     strip_prefix: str | None = None  # the key prefix of the model's weights, where detection cannot decide
+    thorough: bool = False  # the verdict adds the per-class probe's class gap (bdprune.verdict)
 
     def resolve(self, *, has_data: bool, device: torch.device | None = None) -> "Resolved":
         """Check every value and resolve it (``device`` overrides the setting, e.g. the device an
@@ -64,6 +65,7 @@ class ScanSettings:
             seed=self.seed,
             batch_size=self.batch_size,
             fail_threshold=self.fail_threshold,
+            thorough=self.thorough,
         )
 
     def require_arch(self) -> str:
@@ -87,6 +89,7 @@ class Resolved:
     seed: int
     batch_size: int
     fail_threshold: float | None
+    thorough: bool = False
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -218,7 +218,8 @@ def scan_loaded(loaded: LoadedModel, data: ImageSet | None, resolved: Resolved, 
     result, stats = _score(loaded, data, resolved, show_progress)
     moments = clean_moments(loaded.model, stats) if stats is not None and resolved.method.needs_moments else None
     result.verdict = assess(result, resolved.fail_threshold, model=loaded.model, images=data, normalize=resolved.normalize,
-                            device=resolved.device, moments=moments, batch_size=resolved.batch_size, show_progress=show_progress)
+                            device=resolved.device, moments=moments, batch_size=resolved.batch_size, show_progress=show_progress,
+                            thorough=resolved.thorough)
     return result
 
 

@@ -116,7 +116,7 @@ class Verdict:
 
     def component_text(self) -> str:
         """The parts of the rule, e.g. ``trigger share 0.91 (bar 0.7), kl-ratio 3.1 (bar 12)``."""
-        names = {"kl_ratio": "kl-ratio", "trigger": "trigger share"}
+        names = {"kl_ratio": "kl-ratio", "trigger": "trigger share", "class_gap": "class gap"}
         return ", ".join(f"{names.get(k, k)} {c['value']:.3g} (bar {c['bar']:g})" for k, c in self.components.items())
 
     def target_text(self) -> str:

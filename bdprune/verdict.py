@@ -15,6 +15,11 @@ suspicious above 1 (``--fail-threshold`` scales the bar):
   that class explain at least as much of the BN divergence as it does: a training set richer in a
   class than the clean samples is not a trigger. The class is the suspected target; every class a
   candidate above the bar sends images to is listed (two triggers, two targets).
+* **class gap** (``--thorough``; rule ``bnp-trigger+class-gap``; up to 100 classes): the per-class
+  probe of ``--repair unlearn`` (bdprune.class_probe) also runs, and the statistic is the larger of
+  the two parts, each over its bar: the largest lead a class the trigger probe named takes over every
+  other class at one of its budgets (bdprune.class_probe.class_gap). It catches low-rate backdoors
+  whose trigger moves the BN statistics too little, at about 8 passes over 500 samples per class.
 * **kl-ratio** (rule ``bnp-kl-ratio``, only where the probe cannot run: ``assess`` without a model
   or clean images): the largest channel KL over the network's 90th-percentile KL. It is always
   reported as a component, with its bar, but does not decide when the probe ran.
@@ -40,6 +45,10 @@ MIN_CHANNELS = 8  # layers narrower than this have too few channels for a robust
 # coloured-digits CNN). The reported statistic is the deciding part divided by its bar, so 1.0 is
 # the default threshold and --fail-threshold X scales the bars by X. Both parts are scale-free.
 TRIGGER_BAR = 0.7
+# --thorough: above the largest class gap of any clean calibration model of the same zoo's 8x8,
+# 28x28 and 3x32x32 kinds (0.71, an Adam-trained 28x28 CNN; 24 clean, 27 backdoored models), frozen
+# before any model of the fresh holdout was scanned.
+CLASS_GAP_BAR = 0.75
 KL_RATIO_BAR = 12.0
 KL_QUANTILE = 0.9
 
@@ -107,7 +116,7 @@ def channel_statistics(result: ScanResult, statistic: str) -> list[tuple[float, 
 
 def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int = 5, model=None, images=None,
            normalize: Normalization | None = None, device: torch.device | str = "cpu", moments: Moments | None = None,
-           batch_size: int = 128, show_progress: bool = False) -> Verdict:
+           batch_size: int = 128, show_progress: bool = False, thorough: bool = False) -> Verdict:
     """The checkpoint's statistic under its method's rule (RULES), and the verdict.
 
     For bnp and bnp+ the trigger probe runs when ``model`` and the clean ``images`` (an ImageSet,
@@ -115,12 +124,13 @@ def assess(result: ScanResult, fail_threshold: float | None = None, *, top: int 
     ``normalize`` (mean and std values, as resolved by bdprune.options) on ``device``;
     ``moments`` are their clean BN moments when a statistics pass already gathered them
     (:func:`bdprune.probe.clean_moments`); ``batch_size`` bounds what the probe's backward passes hold
-    (:func:`bdprune.probe.chunk_size`). Without a model only the kl-ratio part is assessed and a note says so."""
+    (:func:`bdprune.probe.chunk_size`); ``thorough`` adds the class gap. Without a model only the
+    kl-ratio part is assessed and a note says so."""
     statistic, default = RULES.get(result.method, ("max-robust-z", 10.0))
     threshold = default if fail_threshold is None else fail_threshold
     if statistic == "trigger|kl-ratio":
         probe = dict(normalize=normalize, device=device, moments=moments, batch_size=batch_size, show_progress=show_progress)
-        return _assess_trigger(result, threshold, top, model, images, probe)
+        return _assess_trigger(result, threshold, top, model, images, probe, thorough)
     channels = channel_statistics(result, statistic)
     value = channels[0][0] if channels else 0.0
     drivers = [
@@ -170,11 +180,25 @@ def _second_targets(model, images, first: Candidate, moments: Moments, probe: di
     return [c.target for c in kept if c.share > TRIGGER_BAR * threshold and c.target != first.target]
 
 
-def _assess_trigger(result: ScanResult, threshold: float, top: int, model, images, probe: dict) -> Verdict:
+def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshold: float, notes: list[str]) -> dict | None:
+    """The class gap component (:func:`bdprune.class_probe.class_gap` of the classes ``candidates``
+    name), with the per-class probe's perturbation of that class; None above PROBE_MAX_CLASSES."""
+    from .class_probe import PROBE_MAX_CLASSES, class_gap, class_probe
+
+    per_class = class_probe(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"])
+    if per_class is None:
+        notes.append(f"class gap not run (more than {PROBE_MAX_CLASSES} classes): the trigger share decides")
+        return None
+    value, cls, budget = class_gap(per_class, [c.target for c in candidates])
+    perturbation = next((d for b, k, _, d in per_class.candidates if b == budget and k == cls), None)
+    return {"value": value, "bar": CLASS_GAP_BAR * threshold, "class": cls, "budget": budget, "perturbation": perturbation}
+
+
+def _assess_trigger(result: ScanResult, threshold: float, top: int, model, images, probe: dict, thorough: bool = False) -> Verdict:
     ratio, channels = kl_ratio(result)
     components = {"kl_ratio": {"value": ratio, "bar": KL_RATIO_BAR * threshold}}
     notes: list[str] = []
-    best, targets = None, []
+    best, targets, trigger = None, [], None
     if model is not None and images is not None:
         if probe["moments"] is None:
             probe["moments"] = channel_moments(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"])
@@ -191,23 +215,36 @@ def _assess_trigger(result: ScanResult, threshold: float, top: int, model, image
                 targets = sorted(set(targets) | set(_second_targets(model, images, best, probe["moments"], probe, threshold)))
             if not kept and found.candidates:
                 notes.append("every synthesized trigger is explained by the class make-up of the data as well: none kept")
+            gap = _class_gap(model, images, found.candidates, probe, threshold, notes) if thorough else None
+            if gap is not None:
+                trigger = gap.pop("perturbation")
+                components["class_gap"] = gap
     else:
         notes.append("trigger probe not run (no model or clean images): kl-ratio only")
-    # The probe decides when it ran; the kl-ratio decides only without it.
-    value = components["trigger"]["value"] / TRIGGER_BAR if "trigger" in components else ratio / KL_RATIO_BAR
+    # The probe decides when it ran (with the class gap under --thorough); the kl-ratio only without it.
+    if "trigger" in components:
+        value = components["trigger"]["value"] / TRIGGER_BAR
+        gap = components.get("class_gap")
+        by_gap = gap is not None and gap["value"] / CLASS_GAP_BAR > value
+        value = max(value, 0.0 if gap is None else gap["value"] / CLASS_GAP_BAR)
+    else:
+        value, gap, by_gap = ratio / KL_RATIO_BAR, None, False
     suspicious = math.isfinite(value) and value > threshold
     drivers = [{"layer": name, "channel": c, "score": score, "value": v} for v, name, c, score in channels[:top]] if suspicious else []
-    target = best.target if suspicious and best is not None else None
+    if gap is not None and gap["value"] > gap["bar"]:
+        targets = sorted(set(targets) | {gap["class"]})
+    target = (gap["class"] if by_gap else best.target if best is not None else None) if suspicious else None
+    rule = "kl-ratio" if "trigger" not in components else "trigger+class-gap" if gap is not None else "trigger"
     return Verdict(
         suspicious=suspicious,
         statistic=value,
         threshold=threshold,
-        rule=f"{result.method}-trigger" if "trigger" in components else f"{result.method}-kl-ratio",
+        rule=f"{result.method}-{rule}",
         drivers=drivers,
         components=components,
         target=target,
         notes=notes,
         targets=targets if suspicious else [],
-        trigger=None if best is None else best.perturbation,
-        sample=None if best is None else best.sample,
+        trigger=trigger if by_gap else None if best is None else best.perturbation,
+        sample=getattr(images, "images", images)[0].cpu() if by_gap else None if best is None else best.sample,
     )

@@ -1,6 +1,7 @@
-"""The detection zoo's tables (issue 22): the shipped verdict (`bdprune scan` at its defaults) on the
-calibration part, where its one choice (the bar) was made, and on the evaluation part, by input
-kind, attack family, poisoning rate, architecture and clean variant."""
+"""The detection zoo's tables (issue 22): the shipped verdict (`bdprune scan` at its defaults, or
+with `--thorough`) on the calibration part, where its choices were made, on the evaluation part
+and on the fresh holdout, by input kind, attack family, poisoning rate, architecture and clean
+variant."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from datetime import datetime, timezone
 
 import detection_zoo as dz
 
-BEGIN, END = "<!-- detection:begin -->", "<!-- detection:end -->"
+PARTS = ("cal", "eval", "fresh")
+
+
+def markers(thorough: bool) -> tuple[str, str]:
+    tag = "detection-thorough" if thorough else "detection"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 RESULTS = dz.HERE / "RESULTS.md"
 
 
@@ -22,7 +28,7 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
 
 
-def rows() -> tuple[list[dict], list[dict]]:
+def rows(thorough: bool = False) -> tuple[list[dict], list[dict]]:
     """(scanned models with their verdict, backdoors that did not take)."""
     out, untook = [], []
     for spec in dz.specs():
@@ -32,9 +38,9 @@ def rows() -> tuple[list[dict], list[dict]]:
         if not dz.took(meta):
             untook.append({**meta, "part": spec.part})
             continue
-        if not dz.scan_path(spec).exists():
+        if not dz.scan_path(spec, thorough).exists():
             continue
-        scan = json.loads(dz.scan_path(spec).read_text())
+        scan = json.loads(dz.scan_path(spec, thorough).read_text())
         out.append({**meta, "part": spec.part, "verdict": scan["verdict"], "seconds": scan["seconds"]})
     return out, untook
 
@@ -81,65 +87,95 @@ def misses(all_rows: list[dict], part: str) -> list[str]:
         wrong = v["suspicious"] == (r["family"] == "clean")
         if wrong:
             trig = v["components"].get("trigger", {})
+            gap = v["components"].get("class_gap")
+            gap_text = "" if gap is None else f"; class gap {gap['value']:.2f} for class {gap['class']}"
             out.append(f"- {r['name']}: {v['label']} ({v['rule']} {v['statistic']:.2f}; share {trig.get('share', 0):.2f} to class "
-                       f"{trig.get('class')}, explained {trig.get('explained', 0):.2f}, composition {trig.get('composition')})")
+                       f"{trig.get('class')}, explained {trig.get('explained', 0):.2f}, composition {trig.get('composition')}{gap_text})")
     return out
 
 
-def section(all_rows: list[dict], untook: list[dict]) -> str:
+FRESH = ("The fresh holdout (`fresh`): the digits8, mnist28 and cmnist32 models again from new seeds (new weights,",
+         "new targets), trained after every choice above was frozen; no model of it was looked at before its scan.")
+
+
+def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) -> str:
     import torch
 
-    from bdprune.verdict import TRIGGER_BAR
+    from bdprune.verdict import CLASS_GAP_BAR, TRIGGER_BAR
 
+    begin, end = markers(thorough)
+    parts = [p for p in PARTS if any(r["part"] == p for r in all_rows)]
     n = {p: (sum(r["part"] == p and r["family"] != "clean" for r in all_rows), sum(r["part"] == p and r["family"] == "clean" for r in all_rows))
-         for p in ("cal", "eval")}
+         for p in parts}
+    counts = ", ".join(f"{p} {n[p][0]} backdoored / {n[p][1]} clean" for p in parts)
     lines = [
-        BEGIN,
-        "## Checkpoint-level verdict on every attack family (issue 22)",
+        begin,
+        "## Checkpoint-level verdict with `--thorough` (issue 22)" if thorough else "## Checkpoint-level verdict on every attack family (issue 22)",
         "",
         f"- Machine: {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, one torch thread per process",
-        "- Commands: `python benchmarks/detection_zoo.py train`, `scan`, `report --write`",
+        f"- Commands: `python benchmarks/detection_zoo.py train`, `scan{' --thorough' if thorough else ''}`, `report --write{' --thorough' if thorough else ''}`",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        "The zoo (benchmarks/detection_zoo.py): five kinds of input (8x8 digits, 28x28 MNIST, 3x32x32 coloured MNIST, and",
-        "100 and 1000 classes of two or three MNIST digits in the colour planes of 3x28x28 images), eleven attack families",
-        "(BadNets, Blended, SIG, warp, random-position patch, low-frequency, Adaptive-Blend with cover images, an",
-        "input-dependent trigger, all-to-all, two triggers for two targets, clean-label SIG) at 1%, 5% and 10%, and eight",
-        "clean models per architecture (three plain seeds; imbalanced classes, 20% noisy labels, 4x longer training,",
-        "shift augmentation, Adam). Every third model of each architecture is in the calibration part (`cal`), the rest",
-        f"in the evaluation part (`eval`). Models here: cal {n['cal'][0]} backdoored / {n['cal'][1]} clean, eval {n['eval'][0]} / {n['eval'][1]};",
-        f"{len(untook)} backdoors whose ASR stayed under {dz.ASR_TOOK:g}% are left out (listed below).",
-        "",
-        "The verdict is `bdprune scan MODEL --arch A --data CLEAN` at its defaults: bnp's statistics pass over the 300-500",
-        "clean samples, then the trigger probe (bdprune/probe.py; 32 images to optimize on, 64 to judge on, a dense L2 0.2",
-        "and a sparse L1 0.05 budget, 9 Adam steps each), suspicious when the largest share of the judged images one",
-        f"synthesized trigger sends to one class, among the triggers not explained by the class make-up, exceeds {TRIGGER_BAR:g}.",
-        "What was chosen on the calibration part: the probe's design (divergence matching, its budgets and steps; looked",
-        "at on digits8, mnist28 and cmnist32 calibration models only), the composition check (added after a clean",
-        "imbalanced cmnist32 calibration model scored 0.84) and the bar (above the calibration clean maximum after that",
-        "check, 0.64). The many-class kinds were not trained yet when the rule was frozen: their calibration models are",
-        "as unseen as the evaluation ones. No evaluation model was scanned before the rule was frozen.",
-        "",
     ]
-    for part in ("cal", "eval"):
+    if thorough:
+        lines += [
+            "`bdprune scan MODEL --arch A --data CLEAN --thorough` on the 10-class kinds of the same zoo (the per-class probe",
+            "takes minutes a model on 100 classes here, so the many-class kinds are not measured). The verdict is the default",
+            "one (below) plus the class gap: the per-class probe of `--repair unlearn` (bdprune/class_probe.py; per class one",
+            "shared perturbation towards it, 3 L2 and 5 L1 budgets, 5 steps each, 32 images) and the largest lead a class the",
+            "trigger probe's candidates name takes over every other class at one budget; suspicious when the trigger share",
+            f"exceeds {TRIGGER_BAR:g} or the class gap exceeds {CLASS_GAP_BAR:g}. Chosen on `cal` only: restricting the gap to the",
+            "trigger probe's classes (AUROC on 34 calibration models 0.941 against 0.919 for any class) and the bar (above",
+            "the largest class gap of a clean calibration model).",
+            *FRESH,
+            f"Models here: {counts}; {len(untook)} backdoors whose ASR stayed under {dz.ASR_TOOK:g}% are left out.",
+            "",
+        ]
+    else:
+        lines += [
+            "The zoo (benchmarks/detection_zoo.py): five kinds of input (8x8 digits, 28x28 MNIST, 3x32x32 coloured MNIST, and",
+            "100 and 1000 classes of two or three MNIST digits in the colour planes of 3x28x28 images), eleven attack families",
+            "(BadNets, Blended, SIG, warp, random-position patch, low-frequency, Adaptive-Blend with cover images, an",
+            "input-dependent trigger, all-to-all, two triggers for two targets, clean-label SIG) at 1%, 5% and 10%, and eight",
+            "clean models per architecture (three plain seeds; imbalanced classes, 20% noisy labels, 4x longer training,",
+            "shift augmentation, Adam). Every third model of each architecture is in the calibration part (`cal`), the rest",
+            "in the evaluation part (`eval`).",
+            *FRESH,
+            f"Models here: {counts}; {len(untook)} backdoors whose ASR stayed under {dz.ASR_TOOK:g}% are left out (listed below).",
+            "",
+            "The verdict is `bdprune scan MODEL --arch A --data CLEAN` at its defaults: bnp's statistics pass over the 300-500",
+            "clean samples, then the trigger probe (bdprune/probe.py; 32 images to optimize on, 64 to judge on, a dense L2 0.2",
+            "and a sparse L1 0.05 budget, 9 Adam steps each), suspicious when the largest share of the judged images one",
+            f"synthesized trigger sends to one class, among the triggers not explained by the class make-up, exceeds {TRIGGER_BAR:g}.",
+            "What was chosen on the calibration part: the probe's design (divergence matching, its budgets and steps; looked",
+            "at on digits8, mnist28 and cmnist32 calibration models only), the composition check (added after a clean",
+            "imbalanced cmnist32 calibration model scored 0.84) and the bar (above the calibration clean maximum after that",
+            "check, 0.64). The many-class kinds were not trained yet when the rule was frozen: their calibration models are",
+            "as unseen as the evaluation ones. No evaluation model was scanned before the rule was frozen.",
+            "",
+        ]
+    for part in parts:
         lines += [f"### Part `{part}`", ""] + table(all_rows, part) + [""]
         wrong = misses(all_rows, part)
         if wrong:
             lines += [f"Wrong verdicts on `{part}`:", ""] + wrong + [""]
-    if untook:
+    if untook and not thorough:
         lines += ["Backdoors that did not take (ASR under the bar; not counted): " +
                   ", ".join(f"{r['name']} ({min(r['asr']):.0f}%)" for r in untook), ""]
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines)
 
 
-def report(write: bool = False) -> None:
-    all_rows, untook = rows()
-    text = section(all_rows, untook)
+def report(write: bool = False, thorough: bool = False) -> None:
+    all_rows, untook = rows(thorough)
+    if thorough:
+        untook = [r for r in untook if dz.KINDS[r["kind"]][4] <= 10]
+    text = section(all_rows, untook, thorough)
     print(text)
     if write:
+        begin, end = markers(thorough)
         old = RESULTS.read_text()
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :] if BEGIN in old else old.rstrip("\n") + "\n\n" + text + "\n"
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end) :] if begin in old else old.rstrip("\n") + "\n\n" + text + "\n"
         RESULTS.write_text(new)
 
 

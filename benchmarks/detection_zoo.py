@@ -26,12 +26,12 @@ Parts: every third model of each (kind, architecture) list is ``cal`` (the offse
 architecture to the next, so each clean variant and family is in both parts); the rest ``eval``.
 
     python benchmarks/detection_zoo.py train [--kind K] [--part P] [--arch A]   # train what is missing
-    python benchmarks/detection_zoo.py scan [--part P]    # `bdprune scan` at its defaults on every model (cached)
-    python benchmarks/detection_zoo.py report [--write]   # the tables (--write: into benchmarks/RESULTS.md)
+    python benchmarks/detection_zoo.py scan [--part P] [--thorough]   # `bdprune scan` at its defaults (or --thorough) on every model (cached)
+    python benchmarks/detection_zoo.py report [--write] [--thorough]  # the tables (--write: into benchmarks/RESULTS.md)
     python benchmarks/detection_zoo.py list
 Cache: benchmarks/cache/detection/ (git-ignored): models/NAME.safetensors with NAME.json
 (spec, ACC, ASR, training time), data/KIND_clean.npz (the verdict's samples), scans/NAME.json
-(the scan's verdict and its cost).
+(the scan's verdict and its cost), scans_thorough/NAME.json (the same with --thorough).
 """
 
 from __future__ import annotations
@@ -370,21 +370,21 @@ def took(meta: dict) -> bool:
     return meta["family"] == "clean" or (bool(meta["asr"]) and min(meta["asr"]) >= ASR_TOOK)
 
 
-def scan_path(spec: Spec) -> Path:
-    return CACHE / "scans" / f"{spec.name}.json"
+def scan_path(spec: Spec, thorough: bool = False) -> Path:
+    return CACHE / ("scans_thorough" if thorough else "scans") / f"{spec.name}.json"
 
 
-def scan_one(spec: Spec) -> dict:
-    """``bdprune scan MODEL --arch A --data CLEAN`` at its defaults (bnp and its verdict), through the
-    library the CLI runs; the verdict, its parts and the wall time (cached)."""
+def scan_one(spec: Spec, thorough: bool = False) -> dict:
+    """``bdprune scan MODEL --arch A --data CLEAN`` at its defaults (bnp and its verdict), or with
+    ``--thorough``, through the library the CLI runs; the verdict, its parts and the wall time (cached)."""
     from bdprune.api import scan_checkpoints
 
-    path = scan_path(spec)
+    path = scan_path(spec, thorough)
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     [result] = scan_checkpoints([model_path(spec)], spec.arch, data=clean_npz(spec.kind), device="cpu", arch_args=spec.arch_args,
-                                show_progress=False).results
+                                show_progress=False, thorough=thorough).results
     doc = {"name": spec.name, "seconds": time.perf_counter() - t0, "verdict": result.verdict.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
@@ -405,6 +405,7 @@ def main() -> None:
     p.add_argument("--arch", action="append", help="e.g. vgg11_bn1d8 (architecture and width)")
     p.add_argument("--family", action="append", choices=FAMILIES + ("clean",))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--thorough", action="store_true", help="scan/report: `bdprune scan --thorough` (10-class kinds only)")
     p.add_argument("--shard", default=None, help="I/N: only every N-th model starting at I (run N processes side by side)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -419,15 +420,17 @@ def main() -> None:
         return
     if args.command == "scan":
         for spec in todo:
-            if meta_path(spec).exists() and took(json.loads(meta_path(spec).read_text())) and not scan_path(spec).exists():
-                doc = scan_one(spec)
+            if args.thorough and KINDS[spec.kind][4] > 10:
+                continue  # the per-class probe on 100 classes takes minutes a model here
+            if meta_path(spec).exists() and took(json.loads(meta_path(spec).read_text())) and not scan_path(spec, args.thorough).exists():
+                doc = scan_one(spec, args.thorough)
                 v = doc["verdict"]
                 print(f"{spec.part} {spec.name}: {v['label']} {v['statistic']:.2f} target {v['target']} {doc['seconds']:.1f}s", flush=True)
         return
     if args.command == "report":
         from detection_report import report
 
-        report(write=args.write)
+        report(write=args.write, thorough=args.thorough)
         return
     for kind in dict.fromkeys(s.kind for s in todo):
         data = load_kind(kind)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _images import make_images
 
-from bdprune.class_probe import ProbeResult, class_probe, class_triggers, explained_divergence, persistence
+from bdprune.class_probe import ProbeResult, class_gap, class_probe, class_triggers, explained_divergence, persistence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,3 +101,12 @@ def test_a_model_with_many_classes_is_probed_only_where_asked():
     assert class_probe(model, images) is None  # above PROBE_MAX_CLASSES every class would cost too much
     some = class_probe(model, images, only=[120])
     assert len(some.success) == 150 and some.target == 120 and len(some.candidates) == 8
+
+
+def test_class_gap_is_the_largest_lead_of_a_named_class_over_every_other():
+    per_budget = {"l2=0.1": [0.1, 0.8, 0.3], "l1=0.02": [0.9, 0.2, 0.1]}
+    probe = ProbeResult([0.9, 0.2, 0.1], 0, 0.7, "l1=0.02", 32, 0.0, per_budget=per_budget)
+    assert class_gap(probe, [1]) == (pytest.approx(0.5), 1, "l2=0.1")  # 0.8 - 0.3, where class 1 leads
+    assert class_gap(probe, [1, 0, 1]) == (pytest.approx(0.7), 0, "l1=0.02")  # 0.9 - 0.2 beats it
+    assert class_gap(probe, [2]) == (0.0, None, None)  # class 2 never leads
+    assert class_gap(probe, [7, -1]) == (0.0, None, None)  # no such classes

@@ -4,6 +4,7 @@ import statistics
 
 import numpy as np
 import pytest
+from helpers_report import make_result
 
 from bdprune.verdict import (
     KL_QUANTILE,
@@ -14,7 +15,6 @@ from bdprune.verdict import (
     quantile,
     robust_z,
 )
-from helpers_report import make_result
 
 
 def test_robust_z_matches_median_and_mad_by_hand():
@@ -64,3 +64,52 @@ def test_bnp_rule_without_a_model_is_the_kl_ratio_part_and_says_so():
     assert not clean.verdict.suspicious and clean.verdict.drivers == []
     assert assess(clean, fail_threshold=0.0).suspicious  # the flag moves the bar
     assert not assess(spiked, fail_threshold=1e6).suspicious
+
+
+def _per_class(leads: dict[int, float], classes: int = 10):
+    """A per-class probe result where each class of ``leads`` takes that share at its own budget."""
+    import torch
+
+    from bdprune.class_probe import ProbeResult
+
+    per_budget, candidates = {}, []
+    for i, (cls, share) in enumerate(leads.items()):
+        shares = [0.0] * classes
+        shares[cls] = share
+        per_budget[f"l1=0.0{i + 1}"] = shares
+        candidates.append((f"l1=0.0{i + 1}", cls, share, torch.full((1, 8, 8), float(cls))))
+    return ProbeResult([0.0] * classes, 0, 0.0, "", 32, 0.0, candidates=candidates, per_budget=per_budget)
+
+
+def test_thorough_decides_on_the_class_gap_of_a_class_the_trigger_probe_named(monkeypatch, bn_model):
+    """--thorough: the statistic is the larger of trigger share / TRIGGER_BAR and class gap /
+    CLASS_GAP_BAR; only classes the trigger probe's candidates name count, and the deciding class
+    is the target, with the per-class probe's perturbation as the trigger drawn."""
+    from _images import make_images
+
+    import bdprune.class_probe as cp
+    from bdprune.api import scan_model
+    from bdprune.verdict import CLASS_GAP_BAR, TRIGGER_BAR
+
+    images = make_images(200, seed=3)
+    plain = scan_model(bn_model, images, device="cpu").verdict
+    named = {c["class"] for c in plain.components["trigger"]["candidates"]}
+    cls, other = min(named), min(set(range(10)) - named)
+
+    monkeypatch.setattr(cp, "class_probe", lambda *a, **k: _per_class({cls: 0.9, other: 1.0}))
+    v = scan_model(bn_model, images, device="cpu", thorough=True).verdict
+    share = v.components["trigger"]["value"]
+    assert v.rule == "bnp-trigger+class-gap" and v.components["class_gap"]["class"] == cls
+    assert v.components["class_gap"]["value"] == pytest.approx(0.9)  # class `other` is not named: its 1.0 does not count
+    assert v.statistic == pytest.approx(max(share / TRIGGER_BAR, 0.9 / CLASS_GAP_BAR))
+    assert v.suspicious and v.target == cls and cls in v.targets and float(v.trigger.mean()) == float(cls)
+
+    monkeypatch.setattr(cp, "class_probe", lambda *a, **k: _per_class({other: 1.0}))
+    v = scan_model(bn_model, images, device="cpu", thorough=True).verdict
+    assert v.components["class_gap"]["value"] == 0.0 and v.statistic == pytest.approx(plain.statistic)
+    assert v.suspicious == plain.suspicious
+
+    monkeypatch.setattr(cp, "class_probe", lambda *a, **k: None)  # above PROBE_MAX_CLASSES
+    v = scan_model(bn_model, images, device="cpu", thorough=True).verdict
+    assert v.rule == "bnp-trigger" and "class_gap" not in v.components
+    assert any("class gap not run (more than 100 classes)" in n for n in v.notes)

@@ -98,3 +98,15 @@ def test_a_backdoor_trained_here_scores_above_the_clean_model_trained_here(clean
         stats[name] = json.loads(scan(path, clean_npz)[1])["verdict"]["statistic"]
     assert stats["digits_blended"] > stats["digits_clean"] + 0.5, stats
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("name, code", [("digits_clean", 0), ("digits_blended", 1)])
+def test_thorough_adds_the_class_gap_and_keeps_the_fixtures_verdicts(clean_npz, name, code):
+    result = CliRunner().invoke(app, ["scan", str(path_of(name)), *ARGS, "--data", str(clean_npz), "-f", "json", "--thorough"])
+    verdict = json.loads(result.stdout)["verdict"]
+    gap = verdict["components"]["class_gap"]
+    assert result.exit_code == code and verdict["rule"] == "bnp-trigger+class-gap"
+    assert 0.0 <= gap["value"] <= 1.0 and gap["bar"] > 0
+    assert verdict["statistic"] == pytest.approx(max(verdict["components"]["trigger"]["value"] / 0.7, gap["value"] / gap["bar"]))
+    if code:
+        assert verdict["target"] == MODELS[name][2]
