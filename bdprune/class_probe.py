@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .normalize import normalizer
 from .probe import channel_moments, clip_pixels, divergence, mixture_kl, project_l1
+from .progress import progress_bar
 
 # Budgets of the shared perturbation, from small to large, in units that do not depend on the image
 # size: L2 as a root-mean-square change per pixel value, L1 as a share of all pixel values changed
@@ -68,7 +69,7 @@ def _shares(pred: Tensor, base: Tensor, classes: Tensor) -> list[float]:
 
 def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, max_images: int = PROBE_IMAGES,
                 device: torch.device | str = "cpu", normalize=None, batch_size: int = 512,
-                only: Sequence[int] | None = None) -> ProbeResult | None:
+                only: Sequence[int] | None = None, show_progress: bool = False) -> ProbeResult | None:
     """For every class k, the shared perturbation of the clean images that best sends them to k.
 
     A backdoor trigger is a perturbation shared by all images that sends them to the target, so a
@@ -103,35 +104,38 @@ def class_probe(model: nn.Module, images: Tensor, *, steps: int = PROBE_STEPS, m
     deltas: dict[str, dict[int, Tensor]] = {}
     chunk = max(1, batch_size // n)
     topk = max(1, int(PROBE_TOPK * dim))
+    total = math.ceil(len(probed) / chunk) * (len(PROBE_L2) + len(PROBE_L1)) * steps
     try:
-        for first in range(0, len(probed), chunk):
-            ks = probed[first : first + chunk]
-            k = len(ks)
-            target = ks.repeat_interleave(n)
-            for kind, budgets in (("l2", PROBE_L2), ("l1", PROBE_L1)):
-                delta = torch.zeros((k, dim), device=x.device, requires_grad=True)
-                for budget in budgets:
-                    radius = budget * math.sqrt(dim) if kind == "l2" else budget * dim
-                    for _ in range(steps):
-                        inp = clip_pixels(x.unsqueeze(0) + delta.view(k, 1, c, h, w)).view(-1, c, h, w)
-                        (grad,) = torch.autograd.grad(F.cross_entropy(model(norm(inp)), target), delta)
+        with progress_bar(total, "per-class probe: steps", enabled=show_progress) as advance:
+            for first in range(0, len(probed), chunk):
+                ks = probed[first : first + chunk]
+                k = len(ks)
+                target = ks.repeat_interleave(n)
+                for kind, budgets in (("l2", PROBE_L2), ("l1", PROBE_L1)):
+                    delta = torch.zeros((k, dim), device=x.device, requires_grad=True)
+                    for budget in budgets:
+                        radius = budget * math.sqrt(dim) if kind == "l2" else budget * dim
+                        for _ in range(steps):
+                            inp = clip_pixels(x.unsqueeze(0) + delta.view(k, 1, c, h, w)).view(-1, c, h, w)
+                            (grad,) = torch.autograd.grad(F.cross_entropy(model(norm(inp)), target), delta)
+                            with torch.no_grad():
+                                if kind == "l2":
+                                    delta -= (radius / 4) * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                                    delta *= (radius / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                                else:
+                                    cut = grad.abs().topk(topk, dim=1).values[:, -1:]
+                                    sparse = torch.where(grad.abs() >= cut, grad, torch.zeros_like(grad))
+                                    delta -= (radius / 2) * sparse / sparse.abs().sum(1, keepdim=True).clamp_min(1e-12)
+                                    delta.copy_(project_l1(delta, radius))
+                        advance(steps)
                         with torch.no_grad():
-                            if kind == "l2":
-                                delta -= (radius / 4) * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                                delta *= (radius / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-                            else:
-                                cut = grad.abs().topk(topk, dim=1).values[:, -1:]
-                                sparse = torch.where(grad.abs() >= cut, grad, torch.zeros_like(grad))
-                                delta -= (radius / 2) * sparse / sparse.abs().sum(1, keepdim=True).clamp_min(1e-12)
-                                delta.copy_(project_l1(delta, radius))
-                    with torch.no_grad():
-                        inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
-                        pred = model(norm(inp)).argmax(1).view(k, n)
-                    key = f"{kind}={budget:g}"
-                    shares = per_budget.setdefault(key, [0.0] * classes)
-                    for j, (cls, share) in enumerate(zip(ks.tolist(), _shares(pred, base, ks))):
-                        shares[cls] = share
-                        deltas.setdefault(key, {})[cls] = delta[j].detach().clone()
+                            inp = (x.unsqueeze(0) + delta.view(k, 1, c, h, w)).clamp(0.0, 1.0).view(-1, c, h, w)
+                            pred = model(norm(inp)).argmax(1).view(k, n)
+                        key = f"{kind}={budget:g}"
+                        shares = per_budget.setdefault(key, [0.0] * classes)
+                        for j, (cls, share) in enumerate(zip(ks.tolist(), _shares(pred, base, ks))):
+                            shares[cls] = share
+                            deltas.setdefault(key, {})[cls] = delta[j].detach().clone()
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)

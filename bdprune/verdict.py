@@ -185,7 +185,8 @@ def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshol
     name), with the per-class probe's perturbation of that class; None above PROBE_MAX_CLASSES."""
     from .class_probe import PROBE_MAX_CLASSES, class_gap, class_probe
 
-    per_class = class_probe(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"])
+    per_class = class_probe(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"],
+                            show_progress=probe["show_progress"])
     if per_class is None:
         notes.append(f"class gap not run (more than {PROBE_MAX_CLASSES} classes): the trigger share decides")
         return None
