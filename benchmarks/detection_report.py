@@ -113,7 +113,7 @@ def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) ->
         "## Checkpoint-level verdict with `--thorough` (issue 22)" if thorough else "## Checkpoint-level verdict on every attack family (issue 22)",
         "",
         f"- Machine: {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, one torch thread per process",
-        f"- Commands: `python benchmarks/detection_zoo.py train`, `scan{' --thorough' if thorough else ''}`, `report --write{' --thorough' if thorough else ''}`",
+        f"- Commands: `python benchmarks/detection_zoo.py train`, `scan{' --thorough' if thorough else ''}`; `python benchmarks/detection_report.py --write{' --thorough' if thorough else ''}`",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
     ]
@@ -180,4 +180,10 @@ def report(write: bool = False, thorough: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    report(write=False)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    parser.add_argument("--thorough", action="store_true", help="the `scan --thorough` scans (detection_zoo.py scan --thorough)")
+    args = parser.parse_args()
+    report(write=args.write, thorough=args.thorough)

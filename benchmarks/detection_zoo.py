@@ -27,7 +27,7 @@ architecture to the next, so each clean variant and family is in both parts); th
 
     python benchmarks/detection_zoo.py train [--kind K] [--part P] [--arch A]   # train what is missing
     python benchmarks/detection_zoo.py scan [--part P] [--thorough]   # `bdprune scan` at its defaults (or --thorough) on every model (cached)
-    python benchmarks/detection_zoo.py report [--write] [--thorough]  # the tables (--write: into benchmarks/RESULTS.md)
+    python benchmarks/detection_report.py [--write] [--thorough]      # the tables (--write: into benchmarks/RESULTS.md)
     python benchmarks/detection_zoo.py list
 Cache: benchmarks/cache/detection/ (git-ignored): models/NAME.safetensors with NAME.json
 (spec, ACC, ASR, training time), data/KIND_clean.npz (the verdict's samples), scans/NAME.json
@@ -398,14 +398,13 @@ def selected(args) -> list[Spec]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("train", "scan", "report", "list"))
-    p.add_argument("--write", action="store_true", help="report: write the section into benchmarks/RESULTS.md")
+    p.add_argument("command", choices=("train", "scan", "list"))
     p.add_argument("--kind", action="append", choices=tuple(KINDS))
     p.add_argument("--part", choices=("cal", "eval", "fresh"))
     p.add_argument("--arch", action="append", help="e.g. vgg11_bn1d8 (architecture and width)")
     p.add_argument("--family", action="append", choices=FAMILIES + ("clean",))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--thorough", action="store_true", help="scan/report: `bdprune scan --thorough` (10-class kinds only)")
+    p.add_argument("--thorough", action="store_true", help="scan: `bdprune scan --thorough` (10-class kinds only)")
     p.add_argument("--shard", default=None, help="I/N: only every N-th model starting at I (run N processes side by side)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -426,11 +425,6 @@ def main() -> None:
                 doc = scan_one(spec, args.thorough)
                 v = doc["verdict"]
                 print(f"{spec.part} {spec.name}: {v['label']} {v['statistic']:.2f} target {v['target']} {doc['seconds']:.1f}s", flush=True)
-        return
-    if args.command == "report":
-        from detection_report import report
-
-        report(write=args.write, thorough=args.thorough)
         return
     for kind in dict.fromkeys(s.kind for s in todo):
         data = load_kind(kind)
