@@ -66,5 +66,5 @@ def test_arguments_show_their_value_name_and_help():
     text = CliRunner().invoke(app, ["scan", "--help"]).stdout
     assert text.startswith("Usage: bdprune scan [OPTIONS] CHECKPOINT...")
     assert re.search(r"CHECKPOINT\.\.\. +Checkpoint files", text)
-    assert _sections(text)["Thresholds"] == ["--u", "--fail-threshold", "--exit-zero"]
+    assert _sections(text)["Thresholds"] == ["--u", "--fail-threshold", "--thorough", "--exit-zero"]
     assert "--repair" in _sections(CliRunner().invoke(app, ["prune", "--help"]).stdout)["Repair"]
