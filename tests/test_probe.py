@@ -196,7 +196,7 @@ def test_chunk_size_counts_the_saved_activations_not_the_weights():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _bn_sums(wide, image.unsqueeze(0).clone().requires_grad_(True), mom)
     per_image = sum(saved)
-    got = {batch: chunk_size(wide, image, mom, batch, identity) for batch in (1, 16, 64)}
-    assert got[16] == int(BYTES_PER_BATCH_IMAGE * 16 / per_image)
-    assert MIN_CHUNK < got[16] < PROBE_IMAGES
+    got = {batch: chunk_size(wide, image, mom, batch, identity) for batch in (1, 24, 64)}
+    assert got[24] == int(BYTES_PER_BATCH_IMAGE * 24 / per_image)
+    assert MIN_CHUNK < got[24] < PROBE_IMAGES
     assert got[1] == MIN_CHUNK and got[64] == PROBE_IMAGES
