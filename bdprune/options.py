@@ -89,7 +89,7 @@ class Resolved:
     seed: int
     batch_size: int
     fail_threshold: float | None
-    thorough: bool = False
+    thorough: bool
 
 
 def resolve_device(spec: str) -> torch.device:

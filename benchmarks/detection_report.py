@@ -125,7 +125,8 @@ def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) ->
             "shared perturbation towards it, 3 L2 and 5 L1 budgets, 5 steps each, 32 images) and the largest lead a class the",
             "trigger probe's candidates name takes over every other class at one budget; suspicious when the trigger share",
             f"exceeds {TRIGGER_BAR:g} or the class gap exceeds {CLASS_GAP_BAR:g}. Chosen on `cal` only: restricting the gap to the",
-            "trigger probe's classes (AUROC on 34 calibration models 0.941 against 0.919 for any class) and the bar (above",
+            "trigger probe's classes (AUROC 0.941 against 0.919 for any class, in an exploratory run, not kept, on 34 of the",
+            "calibration models) and the bar (above",
             "the largest class gap of a clean calibration model). `eval` and `fresh` were scanned with `--thorough` only",
             "after the bar was frozen (the default rule's `eval` results were known by then).",
             *FRESH,
@@ -170,7 +171,7 @@ def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) ->
 def report(write: bool = False, thorough: bool = False) -> None:
     all_rows, untook = rows(thorough)
     if thorough:
-        untook = [r for r in untook if dz.KINDS[r["kind"]][4] <= 10]
+        untook = [r for r in untook if r["kind"] in dz.THOROUGH_KINDS]
     text = section(all_rows, untook, thorough)
     print(text)
     if write:
