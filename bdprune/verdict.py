@@ -199,7 +199,7 @@ def _assess_trigger(result: ScanResult, threshold: float, top: int, model, image
     ratio, channels = kl_ratio(result)
     components = {"kl_ratio": {"value": ratio, "bar": KL_RATIO_BAR * threshold}}
     notes: list[str] = []
-    best, targets, trigger = None, [], None
+    best, targets, gap_trigger = None, [], None
     if model is not None and images is not None:
         if probe["moments"] is None:
             probe["moments"] = channel_moments(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"])
@@ -216,20 +216,20 @@ def _assess_trigger(result: ScanResult, threshold: float, top: int, model, image
                 targets = sorted(set(targets) | set(_second_targets(model, images, best, probe["moments"], probe, threshold)))
             if not kept and found.candidates:
                 notes.append("every synthesized trigger is explained by the class make-up of the data as well: none kept")
-            gap = _class_gap(model, images, found.candidates, probe, threshold, notes) if thorough else None
-            if gap is not None:
-                trigger = gap.pop("perturbation")
-                components["class_gap"] = gap
+            found_gap = _class_gap(model, images, found.candidates, probe, threshold, notes) if thorough else None
+            if found_gap is not None:
+                gap_trigger = found_gap.pop("perturbation")
+                components["class_gap"] = found_gap
     else:
         notes.append("trigger probe not run (no model or clean images): kl-ratio only")
     # The probe decides when it ran (with the class gap under --thorough); the kl-ratio only without it.
+    gap = components.get("class_gap")
     if "trigger" in components:
-        value = components["trigger"]["value"] / TRIGGER_BAR
-        gap = components.get("class_gap")
-        by_gap = gap is not None and gap["value"] / CLASS_GAP_BAR > value
-        value = max(value, 0.0 if gap is None else gap["value"] / CLASS_GAP_BAR)
+        by_share = components["trigger"]["value"] / TRIGGER_BAR
+        by_gap_value = 0.0 if gap is None else gap["value"] / CLASS_GAP_BAR
+        value, by_gap = max(by_share, by_gap_value), by_gap_value > by_share
     else:
-        value, gap, by_gap = ratio / KL_RATIO_BAR, None, False
+        value, by_gap = ratio / KL_RATIO_BAR, False
     suspicious = math.isfinite(value) and value > threshold
     drivers = [{"layer": name, "channel": c, "score": score, "value": v} for v, name, c, score in channels[:top]] if suspicious else []
     if gap is not None and gap["value"] > gap["bar"]:
@@ -246,6 +246,6 @@ def _assess_trigger(result: ScanResult, threshold: float, top: int, model, image
         target=target,
         notes=notes,
         targets=targets if suspicious else [],
-        trigger=trigger if by_gap else None if best is None else best.perturbation,
+        trigger=gap_trigger if by_gap else None if best is None else best.perturbation,
         sample=getattr(images, "images", images)[0].cpu() if by_gap else None if best is None else best.sample,
     )
