@@ -127,14 +127,17 @@ def triggers(kind: str, variant: int) -> dict[str, tuple[str, str]]:
 
 def specs() -> list[Spec]:
     """Every zoo model, in a fixed order: the first round's models, parts assigned round-robin
-    within each architecture, then the fresh holdout's (part ``fresh``: new seeds, hence new
-    weights and targets, trained after the rule frozen on ``cal`` was chosen; FRESH_KINDS only)."""
-    return _round(0) + _round(1)
+    within each architecture, then the fresh holdouts' (part ``fresh``: new seeds, hence new
+    weights and targets, trained after the rule frozen on ``cal`` was chosen; part ``fresh2``: the
+    same again from newer seeds, for the rule recalibrated on ``cal``, ``eval`` and ``fresh``;
+    FRESH_KINDS only)."""
+    return _round(0) + _round(1) + _round(2)
 
 
 FRESH_KINDS = ("digits8", "mnist28", "cmnist32")  # the many-class kinds train for hours on this CPU
 THOROUGH_KINDS = tuple(k for k, v in KINDS.items() if v[4] <= 10)  # `scan --thorough` here: its per-class probe takes minutes on 100 classes
 FRESH_SEED = 500_000
+PARTS = ("cal", "eval", "fresh", "fresh2")
 
 
 def _round(round_: int) -> list[Spec]:
@@ -172,7 +175,7 @@ def _round(round_: int) -> list[Spec]:
                                   f"r{round(rate * 100):02d}", rate, poisons, seed))
             shift = len({(x.kind, x.arch, x.width) for x in out})  # rotate, so every clean variant and family lands in both parts
             for i, spec in enumerate(items):
-                spec.part = "fresh" if round_ else ("cal" if (i + shift) % 3 == 0 else "eval")
+                spec.part = PARTS[round_ + 1] if round_ else ("cal" if (i + shift) % 3 == 0 else "eval")
             out += items
     return out
 
@@ -401,7 +404,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("train", "scan", "list"))
     p.add_argument("--kind", action="append", choices=tuple(KINDS))
-    p.add_argument("--part", choices=("cal", "eval", "fresh"))
+    p.add_argument("--part", choices=PARTS)
     p.add_argument("--arch", action="append", help="e.g. vgg11_bn1d8 (architecture and width)")
     p.add_argument("--family", action="append", choices=FAMILIES + ("clean",))
     p.add_argument("--threads", type=int, default=1)
