@@ -12,9 +12,10 @@ suspicious above 1 (``--fail-threshold`` scales the bar):
   whose mixture with the clean samples best reproduces the BN running statistics, and applies it
   to other clean images. The statistic is the largest share of them a synthesized trigger sends to
   one class (their prediction changed to it). A candidate is set aside when the clean images *of*
-  that class explain at least as much of the BN divergence as it does: a training set richer in a
-  class than the clean samples is not a trigger. The class is the suspected target; every class a
-  candidate above the bar sends images to is listed (two triggers, two targets).
+  that class explain about as much of the BN divergence as it does (within COMPOSITION_MARGIN): a
+  training set richer in a class than the clean samples is not a trigger. The class is the
+  suspected target; every class a candidate above the bar sends images to is listed (two
+  triggers, two targets).
 * **class gap** (``--thorough``; rule ``bnp-trigger+class-gap``; up to 100 classes): the per-class
   probe of ``--repair unlearn`` (bdprune.class_probe) also runs, and the statistic is the larger of
   the two parts, each over its bar: the largest lead a class the trigger probe named takes over every
@@ -49,6 +50,12 @@ TRIGGER_BAR = 0.7
 # 28x28 and 3x32x32 kinds (0.71, an Adam-trained 28x28 CNN; 24 clean, 27 backdoored models), frozen
 # before any model of the fresh holdout was scanned.
 CLASS_GAP_BAR = 0.75
+# A candidate is set aside when the clean images of its class explain the BN divergence nearly as
+# well as it does: within this margin (both are estimates from the same few hundred images).
+# Chosen on the zoo's cal, eval and fresh parts (benchmarks/detection_calibrate.py): the smallest
+# step of 0.01 that sets aside the two clean imbalanced models of ``fresh`` (0.003 and 0.027 apart),
+# at the cost of 1 of 159 backdoors there; frozen before the ``fresh2`` holdout was scanned.
+COMPOSITION_MARGIN = 0.03
 KL_RATIO_BAR = 12.0
 KL_QUANTILE = 0.9
 
@@ -165,9 +172,15 @@ def trigger_candidates(model, images, *, normalize=None, device="cpu", moments: 
         if cand.target not in own:
             own[cand.target] = composition_explained(model, tensor, classes, cand.target, moments, device=device, normalize=normalize)
         cand.composition = own[cand.target]
-        if cand.composition is None or cand.composition < cand.explained:
+        if not composition_explains(cand):
             kept.append(cand)
     return probe.candidates, kept, probe
+
+
+def composition_explains(cand: Candidate) -> bool:
+    """Whether the class make-up of the data explains ``cand``'s divergence about as well as the
+    candidate does (within COMPOSITION_MARGIN), so that it is no evidence of a trigger."""
+    return cand.composition is not None and cand.composition >= cand.explained - COMPOSITION_MARGIN
 
 
 def _second_targets(model, images, first: Candidate, moments: Moments, probe: dict, threshold: float) -> list[int]:
@@ -182,7 +195,8 @@ def _second_targets(model, images, first: Candidate, moments: Moments, probe: di
 
 def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshold: float, notes: list[str]) -> dict | None:
     """The class gap component (:func:`bdprune.class_probe.class_gap` of the classes ``candidates``
-    name), with the per-class probe's perturbation of that class; None above PROBE_MAX_CLASSES."""
+    name; ``shares``: per budget, the share of images each class's perturbation takes), with the
+    per-class probe's perturbation of that class; None above PROBE_MAX_CLASSES."""
     from .class_probe import PROBE_MAX_CLASSES, class_gap, class_probe
 
     per_class = class_probe(model, getattr(images, "images", images), device=probe["device"], normalize=probe["normalize"],
@@ -192,7 +206,8 @@ def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshol
         return None
     value, cls, budget = class_gap(per_class, [c.target for c in candidates])
     perturbation = next((d for b, k, _, d in per_class.candidates if b == budget and k == cls), None)
-    return {"value": value, "bar": CLASS_GAP_BAR * threshold, "class": cls, "budget": budget, "perturbation": perturbation}
+    return {"value": value, "bar": CLASS_GAP_BAR * threshold, "class": cls, "budget": budget, "shares": per_class.per_budget,
+            "perturbation": perturbation}
 
 
 def _assess_trigger(result: ScanResult, threshold: float, top: int, model, images, probe: dict, thorough: bool = False) -> Verdict:

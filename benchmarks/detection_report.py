@@ -12,13 +12,26 @@ from datetime import datetime, timezone
 
 import detection_zoo as dz
 
-PARTS = ("cal", "eval", "fresh")
+PARTS = dz.PARTS
 
 
-def markers(thorough: bool) -> tuple[str, str]:
-    tag = "detection-thorough" if thorough else "detection"
-    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 RESULTS = dz.HERE / "RESULTS.md"
+
+
+def tag(thorough: bool) -> str:
+    return "detection-thorough" if thorough else "detection"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def write_section(text: str, name: str) -> None:
+    """Put ``text`` between the ``name`` markers of benchmarks/RESULTS.md (appended when absent)."""
+    begin, end = markers(name)
+    old = RESULTS.read_text()
+    new = old[: old.index(begin)] + text + old[old.index(end) + len(end) :] if begin in old else old.rstrip("\n") + "\n\n" + text + "\n"
+    RESULTS.write_text(new)
 
 
 def auroc(pos: list[float], neg: list[float]) -> float:
@@ -103,7 +116,7 @@ def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) ->
 
     from bdprune.verdict import CLASS_GAP_BAR, TRIGGER_BAR
 
-    begin, end = markers(thorough)
+    begin, end = markers(tag(thorough))
     parts = [p for p in PARTS if any(r["part"] == p for r in all_rows)]
     n = {p: (sum(r["part"] == p and r["family"] != "clean" for r in all_rows), sum(r["part"] == p and r["family"] == "clean" for r in all_rows))
          for p in parts}
@@ -175,10 +188,7 @@ def report(write: bool = False, thorough: bool = False) -> None:
     text = section(all_rows, untook, thorough)
     print(text)
     if write:
-        begin, end = markers(thorough)
-        old = RESULTS.read_text()
-        new = old[: old.index(begin)] + text + old[old.index(end) + len(end) :] if begin in old else old.rstrip("\n") + "\n\n" + text + "\n"
-        RESULTS.write_text(new)
+        write_section(text, tag(thorough))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ import pytest
 from helpers_report import make_result
 
 from bdprune.verdict import (
+    COMPOSITION_MARGIN,
     KL_QUANTILE,
     KL_RATIO_BAR,
     RULES,
     assess,
+    composition_explains,
     kl_ratio,
     quantile,
     robust_z,
@@ -81,6 +83,22 @@ def _per_class(leads: dict[int, float], classes: int = 10):
     return ProbeResult([0.0] * classes, 0, 0.0, "", 32, 0.0, candidates=candidates, per_budget=per_budget)
 
 
+@pytest.mark.parametrize(("explained", "composition", "explains"), [
+    (0.60, None, False),  # no clean image of the class: nothing explains it
+    (0.60, 0.20, False),
+    (0.60, 0.60 - COMPOSITION_MARGIN - 0.001, False),
+    (0.60, 0.60 - COMPOSITION_MARGIN + 0.001, True),  # within the margin: the class make-up explains it
+    (0.60, 0.70, True),
+])
+def test_a_candidate_is_set_aside_when_the_class_make_up_explains_it_within_the_margin(explained, composition, explains):
+    import torch
+
+    from bdprune.probe import Candidate
+
+    cand = Candidate("l2=0.2", torch.zeros(1, 2, 2), 3, 0.9, 0.9, explained, 0.2, composition)
+    assert composition_explains(cand) is explains
+
+
 def test_thorough_decides_on_the_class_gap_of_a_class_the_trigger_probe_named(monkeypatch, bn_model):
     """--thorough: the statistic is the larger of trigger share / TRIGGER_BAR and class gap /
     CLASS_GAP_BAR; only classes the trigger probe's candidates name count, and the deciding class
@@ -101,6 +119,7 @@ def test_thorough_decides_on_the_class_gap_of_a_class_the_trigger_probe_named(mo
     share = v.components["trigger"]["value"]
     assert v.rule == "bnp-trigger+class-gap" and v.components["class_gap"]["class"] == cls
     assert v.components["class_gap"]["value"] == pytest.approx(0.9)  # class `other` is not named: its 1.0 does not count
+    assert v.components["class_gap"]["shares"] == _per_class({cls: 0.9, other: 1.0}).per_budget  # the evidence, per budget
     assert v.statistic == pytest.approx(max(share / TRIGGER_BAR, 0.9 / CLASS_GAP_BAR))
     assert v.suspicious and v.target == cls and cls in v.targets and float(v.trigger.mean()) == float(cls)
 
