@@ -18,8 +18,9 @@ suspicious above 1 (``--fail-threshold`` scales the bar):
   triggers, two targets).
 * **class gap** (``--thorough``; rule ``bnp-trigger+class-gap``; up to 100 classes): the per-class
   probe of ``--repair unlearn`` (bdprune.class_probe) also runs, and the statistic is the larger of
-  the two parts, each over its bar: the largest lead a class the trigger probe named takes over every
-  other class at one of its budgets (bdprune.class_probe.class_gap). It catches low-rate backdoors
+  the two parts, each over its bar: the largest lead a class the trigger probe named (with a
+  candidate explaining GAP_MIN_EXPLAINED of the divergence) takes over every other class at one of
+  its budgets (bdprune.class_probe.class_gap). It catches low-rate backdoors
   whose trigger moves the BN statistics too little, at about 8 passes over 500 samples per class.
 * **kl-ratio** (rule ``bnp-kl-ratio``, only where the probe cannot run: ``assess`` without a model
   or clean images): the largest channel KL over the network's 90th-percentile KL. It is always
@@ -46,10 +47,15 @@ MIN_CHANNELS = 8  # layers narrower than this have too few channels for a robust
 # coloured-digits CNN). The reported statistic is the deciding part divided by its bar, so 1.0 is
 # the default threshold and --fail-threshold X scales the bars by X. Both parts are scale-free.
 TRIGGER_BAR = 0.7
-# --thorough: above the largest class gap of any clean calibration model of the same zoo's 8x8,
-# 28x28 and 3x32x32 kinds (0.71, an Adam-trained 28x28 CNN; 24 clean, 27 backdoored models), frozen
-# before any model of the fresh holdout was scanned.
-CLASS_GAP_BAR = 0.75
+# --thorough: the class gap counts for the classes of the trigger probe's candidates that explain at
+# least GAP_MIN_EXPLAINED of the BN divergence (a class named only by a candidate that explains
+# nothing is a clean model's weak spot: an Adam-trained clean CNN's 0.71 gap came from one that
+# explained 0.006). Both chosen in the second calibration round on the zoo's cal, eval and fresh
+# parts (benchmarks/detection_calibrate.py; 145 backdoored, 144 clean 10-class models): any
+# GAP_MIN_EXPLAINED from 0.02 to 0.1 leaves the largest clean gap at 0.475 and loses no backdoor;
+# the bar is at least 0.05 above that, in steps of 0.05. Frozen before ``fresh2`` was scanned.
+CLASS_GAP_BAR = 0.55
+GAP_MIN_EXPLAINED = 0.05
 # A candidate is set aside when the clean images of its class explain the BN divergence nearly as
 # well as it does: within this margin (both are estimates from the same few hundred images).
 # Chosen on the zoo's cal, eval and fresh parts (benchmarks/detection_calibrate.py): the smallest
@@ -193,9 +199,15 @@ def _second_targets(model, images, first: Candidate, moments: Moments, probe: di
     return [c.target for c in kept if c.share > TRIGGER_BAR * threshold and c.target != first.target]
 
 
+def gap_classes(candidates: Sequence[Candidate]) -> list[int]:
+    """The classes whose class gap counts: those of the trigger probe's ``candidates`` that explain
+    at least GAP_MIN_EXPLAINED of the BN divergence."""
+    return sorted({c.target for c in candidates if c.explained >= GAP_MIN_EXPLAINED})
+
+
 def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshold: float, notes: list[str]) -> dict | None:
-    """The class gap component (:func:`bdprune.class_probe.class_gap` of the classes ``candidates``
-    name; ``shares``: per budget, the share of images each class's perturbation takes), with the
+    """The class gap component (:func:`bdprune.class_probe.class_gap` of :func:`gap_classes`;
+    ``shares``: per budget, the share of images each class's perturbation takes), with the
     per-class probe's perturbation of that class; None above PROBE_MAX_CLASSES."""
     from .class_probe import PROBE_MAX_CLASSES, class_gap, class_probe
 
@@ -204,7 +216,7 @@ def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshol
     if per_class is None:
         notes.append(f"class gap not run (more than {PROBE_MAX_CLASSES} classes): the trigger share decides")
         return None
-    value, cls, budget = class_gap(per_class, [c.target for c in candidates])
+    value, cls, budget = class_gap(per_class, gap_classes(candidates))
     perturbation = next((d for b, k, _, d in per_class.candidates if b == budget and k == cls), None)
     return {"value": value, "bar": CLASS_GAP_BAR * threshold, "class": cls, "budget": budget, "shares": per_class.per_budget,
             "perturbation": perturbation}

@@ -99,6 +99,20 @@ def test_a_candidate_is_set_aside_when_the_class_make_up_explains_it_within_the_
     assert composition_explains(cand) is explains
 
 
+def test_the_class_gap_counts_the_classes_of_candidates_that_explain_some_divergence():
+    import torch
+
+    from bdprune.probe import Candidate
+    from bdprune.verdict import GAP_MIN_EXPLAINED, gap_classes
+
+    def cand(target, explained):
+        return Candidate("l2=0.2", torch.zeros(1, 2, 2), target, 0.1, 0.1, explained, 0.2)
+
+    weak, strong = GAP_MIN_EXPLAINED - 0.001, GAP_MIN_EXPLAINED
+    assert gap_classes([cand(4, weak), cand(7, strong), cand(2, 0.6), cand(7, weak)]) == [2, 7]
+    assert gap_classes([cand(4, weak), cand(4, -0.3)]) == []
+
+
 def test_thorough_decides_on_the_class_gap_of_a_class_the_trigger_probe_named(monkeypatch, bn_model):
     """--thorough: the statistic is the larger of trigger share / TRIGGER_BAR and class gap /
     CLASS_GAP_BAR; only classes the trigger probe's candidates name count, and the deciding class
@@ -107,11 +121,11 @@ def test_thorough_decides_on_the_class_gap_of_a_class_the_trigger_probe_named(mo
 
     import bdprune.class_probe as cp
     from bdprune.api import scan_model
-    from bdprune.verdict import CLASS_GAP_BAR, TRIGGER_BAR
+    from bdprune.verdict import CLASS_GAP_BAR, GAP_MIN_EXPLAINED, TRIGGER_BAR
 
     images = make_images(200, seed=3)
     plain = scan_model(bn_model, images, device="cpu").verdict
-    named = {c["class"] for c in plain.components["trigger"]["candidates"]}
+    named = {c["class"] for c in plain.components["trigger"]["candidates"] if c["explained"] >= GAP_MIN_EXPLAINED}
     cls, other = min(named), min(set(range(10)) - named)
 
     monkeypatch.setattr(cp, "class_probe", lambda *a, **k: _per_class({cls: 0.9, other: 1.0}))
