@@ -110,15 +110,17 @@ def misses(all_rows: list[dict], part: str) -> list[str]:
 FRESH = ("The fresh holdout (`fresh`): the digits8, mnist28 and cmnist32 models again from new seeds (new weights,",
          "new targets), trained after every choice above was frozen; no model of it was looked at before its scan.",
          "After it, a second calibration round on `cal`, `eval` and `fresh` together (benchmarks/detection_calibrate.py,",
-         "\"The verdict's second calibration round\") set the composition check's margin; every part was rescanned with",
-         "it. The second fresh holdout (`fresh2`): the same kinds again from newer seeds, trained while that round ran",
-         "and scanned only after it froze the rule; it is the only part here on which no choice was made or looked at.")
+         "\"The verdict's second calibration round\") set the composition check's margin (and `--thorough`'s gap); every",
+         "part was rescanned with them. The second fresh holdout (`fresh2`): the same kinds again from newer seeds, trained while that round ran",
+         "and scanned only after it froze the rule; it is the only part here on which no choice was made or looked at.",
+         "The rescans of `cal`, `eval` and `fresh` ran beside other jobs, so their median seconds are not costs; `fresh2`",
+         "ran as the first scans did, two processes on the two cores.")
 
 
 def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) -> str:
     import torch
 
-    from bdprune.verdict import CLASS_GAP_BAR, TRIGGER_BAR
+    from bdprune.verdict import CLASS_GAP_BAR, GAP_MIN_EXPLAINED, TRIGGER_BAR
 
     begin, end = markers(tag(thorough))
     parts = [p for p in PARTS if any(r["part"] == p for r in all_rows)]
@@ -140,12 +142,14 @@ def section(all_rows: list[dict], untook: list[dict], thorough: bool = False) ->
             "takes minutes a model on 100 classes here, so the many-class kinds are not measured). The verdict is the default",
             "one (below) plus the class gap: the per-class probe of `--repair unlearn` (bdprune/class_probe.py; per class one",
             "shared perturbation towards it, 3 L2 and 5 L1 budgets, 5 steps each, 32 images) and the largest lead a class the",
-            "trigger probe's candidates name takes over every other class at one budget; suspicious when the trigger share",
-            f"exceeds {TRIGGER_BAR:g} or the class gap exceeds {CLASS_GAP_BAR:g}. Chosen on `cal` only: restricting the gap to the",
-            "trigger probe's classes (AUROC 0.941 against 0.919 for any class, in an exploratory run, not kept, on 34 of the",
-            "calibration models) and the bar (above",
-            "the largest class gap of a clean calibration model). `eval` and `fresh` were scanned with `--thorough` only",
-            "after the bar was frozen (the default rule's `eval` results were known by then).",
+            "trigger probe's candidates name (those explaining at least "
+            f"{GAP_MIN_EXPLAINED:g} of the BN divergence) takes over every other class at one",
+            f"budget; suspicious when the trigger share exceeds {TRIGGER_BAR:g} or the class gap exceeds {CLASS_GAP_BAR:g}. The first round",
+            "chose on `cal` only: restricting the gap to the trigger probe's classes (AUROC 0.941 against 0.919 for any class,",
+            "in an exploratory run, not kept, on 34 of the calibration models) and a bar of 0.75 (above the largest class gap",
+            "of a clean calibration model, 0.71); `eval` and `fresh` were scanned with `--thorough` only after it was frozen.",
+            "The second round (on `cal`, `eval` and `fresh`) counted only the classes of candidates explaining some of the",
+            "divergence and lowered the bar to 0.55.",
             *FRESH,
             f"Models here: {counts}; {len(untook)} backdoors whose ASR stayed under {dz.ASR_TOOK:g}% are left out.",
             "",

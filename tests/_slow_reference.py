@@ -175,7 +175,7 @@ def clp_reference(model: nn.Module, pairs: dict[str, str]) -> dict[str, np.ndarr
         scores = []
         for k in range(weight.shape[0]):
             w_k = weight[k].reshape(weight.shape[1], -1) if weight.dim() > 2 else weight[k].reshape(1, -1)
-            scale = abs(float(bn.weight[k]) / math.sqrt(float(bn.running_var[k])))
+            scale = abs(float(bn.weight[k].detach()) / math.sqrt(float(bn.running_var[k])))
             scores.append(float(torch.linalg.svdvals(w_k * scale)[0]))
         out[bn_name] = np.array(scores)
     return out
