@@ -183,10 +183,10 @@ def trigger_candidates(model, images, *, normalize=None, device="cpu", moments: 
     return probe.candidates, kept, probe
 
 
-def composition_explains(cand: Candidate) -> bool:
+def composition_explains(cand: Candidate, margin: float = COMPOSITION_MARGIN) -> bool:
     """Whether the class make-up of the data explains ``cand``'s divergence about as well as the
-    candidate does (within COMPOSITION_MARGIN), so that it is no evidence of a trigger."""
-    return cand.composition is not None and cand.composition >= cand.explained - COMPOSITION_MARGIN
+    candidate does (within ``margin``), so that it is no evidence of a trigger."""
+    return cand.composition is not None and cand.composition >= cand.explained - margin
 
 
 def _second_targets(model, images, first: Candidate, moments: Moments, probe: dict, threshold: float) -> list[int]:
@@ -199,10 +199,10 @@ def _second_targets(model, images, first: Candidate, moments: Moments, probe: di
     return [c.target for c in kept if c.share > TRIGGER_BAR * threshold and c.target != first.target]
 
 
-def gap_classes(candidates: Sequence[Candidate]) -> list[int]:
+def gap_classes(candidates: Sequence[Candidate], min_explained: float = GAP_MIN_EXPLAINED) -> list[int]:
     """The classes whose class gap counts: those of the trigger probe's ``candidates`` that explain
-    at least GAP_MIN_EXPLAINED of the BN divergence."""
-    return sorted({c.target for c in candidates if c.explained >= GAP_MIN_EXPLAINED})
+    at least ``min_explained`` of the BN divergence."""
+    return sorted({c.target for c in candidates if c.explained >= min_explained})
 
 
 def _class_gap(model, images, candidates: list[Candidate], probe: dict, threshold: float, notes: list[str]) -> dict | None:

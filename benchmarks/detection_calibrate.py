@@ -20,7 +20,7 @@ import detection_report as report
 import detection_zoo as dz
 
 from bdprune.class_probe import class_gap
-from bdprune.verdict import CLASS_GAP_BAR, COMPOSITION_MARGIN, GAP_MIN_EXPLAINED, TRIGGER_BAR
+from bdprune.verdict import CLASS_GAP_BAR, COMPOSITION_MARGIN, GAP_MIN_EXPLAINED, TRIGGER_BAR, composition_explains, gap_classes
 
 POOL = ("cal", "eval", "fresh")
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -29,18 +29,22 @@ GAP_BARS = (0.5, 0.55, 0.6, 0.75)
 GAP_MIN = (None, 0.02, 0.05, 0.1)  # None: every class the trigger probe named, as the first round had it
 
 
+def candidates(verdict: dict) -> list[SimpleNamespace]:
+    """The trigger probe's recorded candidates, with the attribute names of bdprune.probe.Candidate."""
+    found = verdict["components"].get("trigger", {}).get("candidates", [])
+    return [SimpleNamespace(target=c["class"], share=c["share"], explained=c["explained"], composition=c["composition"]) for c in found]
+
+
 def share(verdict: dict, margin: float) -> float:
     """The largest trigger share among the candidates the composition check keeps at ``margin``."""
-    cands = verdict["components"].get("trigger", {}).get("candidates", [])
-    return max((c["share"] for c in cands if c["composition"] is None or c["composition"] < c["explained"] - margin), default=0.0)
+    return max((c.share for c in candidates(verdict) if not composition_explains(c, margin)), default=0.0)
 
 
 def gap(verdict: dict, min_explained: float | None) -> float:
-    """The class gap over the classes of the candidates that explain at least ``min_explained``."""
-    component = verdict["components"]["class_gap"]
-    cands = verdict["components"]["trigger"]["candidates"]
-    classes = [c["class"] for c in cands if min_explained is None or c["explained"] >= min_explained]
-    return class_gap(SimpleNamespace(per_budget=component["shares"]), classes)[0]
+    """The class gap over the classes of the candidates that explain at least ``min_explained``
+    (None: every class a candidate names)."""
+    classes = gap_classes(candidates(verdict), float("-inf") if min_explained is None else min_explained)
+    return class_gap(SimpleNamespace(per_budget=verdict["components"]["class_gap"]["shares"]), classes)[0]
 
 
 def statistic(verdict: dict, choice: tuple) -> float:
