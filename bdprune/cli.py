@@ -270,6 +270,7 @@ def prune(
     repair_lr: Annotated[Optional[float], typer.Option("--repair-lr", rich_help_panel="Repair", help="Learning rate of the --repair training [default: 0.01 (SGD); sau 0.0001 (Adam)].", metavar='LR', show_default=False)] = None,
     repair_holdout: Annotated[float, typer.Option("--repair-holdout", rich_help_panel="Repair", help="--repair finetune / unlearn: share of the clean samples held back from training; the repair stops once the synthesized triggers no longer move them and their accuracy is back (0: a fixed number of epochs).", metavar='SHARE')] = 0.0,
     repair_distill: Annotated[float, typer.Option("--repair-distill", rich_help_panel="Repair", help="--repair finetune / unlearn: weight of a distillation term, the KL divergence from the model before pruning on the clean images (0: none).", metavar='W')] = 0.0,
+    repair_refit_bn: Annotated[bool, typer.Option("--repair-refit-bn/--no-repair-refit-bn", rich_help_panel="Repair", help="--repair finetune / unlearn: re-estimate the BN running statistics on the clean samples after training (the trigger-carrying copies it trains on leave them off).")] = True,
     plot: Annotated[Optional[Path], typer.Option("--plot", rich_help_panel="Output", help="Draw clean accuracy against channels pruned along the --max-acc-drop search, chosen point marked, to FILE (.png or .svg; needs bdprune[plot]).", metavar='FILE')] = None,
     samples: SamplesOpt = 500,
     seed: SeedOpt = 0,
@@ -294,7 +295,7 @@ def prune(
             _check_prune_plot(plot, method, data, max_acc_drop, channels, inputs=tuple(p for p in (checkpoint, data, val, channels, output) if p))
         outcome = prune_checkpoint(
             checkpoint, arch, data=data, samples=samples, output=output, force=force, channels_report=channels, max_acc_drop=max_acc_drop,
-            val=val, repair=RepairSettings(repair, repair_epochs, repair_lr, holdout=repair_holdout, distill=repair_distill), method=method, u=u, seed=seed, normalize=normalize,
+            val=val, repair=RepairSettings(repair, repair_epochs, repair_lr, holdout=repair_holdout, distill=repair_distill, refit_bn=repair_refit_bn), method=method, u=u, seed=seed, normalize=normalize,
             device=device, batch_size=batch_size, num_classes=num_classes, arch_args=_key_values(arch_arg), trust_pickle=trust_pickle,
             method_args=_key_values(method_arg, "--method-arg"), strip_prefix=strip_prefix, image_size=image_size,
         )

@@ -169,6 +169,7 @@ def _fine_tune_extras(model: nn.Module, clean: ImageSet, repair: RepairSettings,
     back (``--repair-holdout``), and the teacher (``--repair-distill``); recorded in ``meta``."""
     if repair.mode not in FINE_TUNES:
         return clean, None, None
+    meta["repair_refit_bn"] = "yes" if repair.refit_bn else "no"
     teacher = None
     if repair.distill > 0:
         teacher = copy.deepcopy(model)

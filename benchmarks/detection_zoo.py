@@ -130,14 +130,15 @@ def specs() -> list[Spec]:
     within each architecture, then the fresh holdouts' (part ``fresh``: new seeds, hence new
     weights and targets, trained after the rule frozen on ``cal`` was chosen; part ``fresh2``: the
     same again from newer seeds, for the rule recalibrated on ``cal``, ``eval`` and ``fresh``;
+    part ``fresh3``: again, for the rule of the third round, chosen on every earlier part;
     FRESH_KINDS only)."""
-    return _round(0) + _round(1) + _round(2)
+    return _round(0) + _round(1) + _round(2) + _round(3)
 
 
 FRESH_KINDS = ("digits8", "mnist28", "cmnist32")  # the many-class kinds train for hours on this CPU
 THOROUGH_KINDS = tuple(k for k, v in KINDS.items() if v[4] <= 10)  # `scan --thorough` here: its per-class probe takes minutes on 100 classes
 FRESH_SEED = 500_000
-PARTS = ("cal", "eval", "fresh", "fresh2")
+PARTS = ("cal", "eval", "fresh", "fresh2", "fresh3")
 
 
 def _round(round_: int) -> list[Spec]:

@@ -32,7 +32,7 @@ import detection_zoo as zoo
 import removal_many
 from _report import provenance, write_section
 
-VARIANTS = ("bnp+unlearn", "fst", "sau", "nc")
+VARIANTS = ("bnp+unlearn", "bnp+unlearn, no BN refit", "fst", "sau", "nc")
 RELEARN_POISONED, RELEARN_EPOCHS = 5, 5
 
 
@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--kind", action="append", choices=("digits8", "mnist28", "cmnist32"))
     p.add_argument("--arch", action="append")
     p.add_argument("--name", action="append", help="only models whose name contains this")
-    p.add_argument("--part", default="eval", choices=("cal", "eval"))
+    p.add_argument("--part", default="eval", choices=zoo.PARTS)
     p.add_argument("--variant", action="append", choices=tuple(removal_many.VARIANTS),
                    help="run only these (cached rows of the published ones are shown)")
     p.add_argument("--shard", default="0/1", help="I/N: measure only every N-th model from the I-th (run N processes side by side)")

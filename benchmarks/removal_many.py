@@ -29,14 +29,15 @@ from bdprune.repair import RepairSettings
 from _report import provenance, write_section
 
 CACHE = zoo.CACHE / "removal_many"
-# The defaults; u = 1e9 (nothing pruned), as removal.py; and the published purifications at their
-# papers' defaults on the model as it came (benchmarks/purification.py).
-VARIANTS = {"bnp+unlearn": {"repair": "unlearn"}, "unlearn alone": {"u": 1e9, "repair": "unlearn"},
-            "bnp+unlearn, holdout 0.2": {"repair": RepairSettings("unlearn", holdout=0.2)},
-            "unlearn alone, holdout 0.2": {"u": 1e9, "repair": RepairSettings("unlearn", holdout=0.2)},
-            "bnp+unlearn, distill 1": {"repair": RepairSettings("unlearn", distill=1.0)},
-            "bnp+unlearn, lr 0.001": {"repair": RepairSettings("unlearn", lr=0.001)},
-            "fst": {"u": 1e9, "repair": "fst"}, "sau": {"u": 1e9, "repair": "sau"}, "nc": {"u": 1e9, "repair": "nc"}}
+# The defaults; u = 1e9 (nothing pruned), as removal.py; each of these also as it ran before the BN
+# running statistics were re-estimated after training (", no BN refit"); and the published
+# purifications at their papers' defaults on the model as it came (benchmarks/purification.py).
+_UNLEARN = {"bnp+unlearn": ({}, {}), "unlearn alone": ({"u": 1e9}, {}), "bnp+unlearn, holdout 0.2": ({}, {"holdout": 0.2}),
+            "unlearn alone, holdout 0.2": ({"u": 1e9}, {"holdout": 0.2}), "bnp+unlearn, distill 1": ({}, {"distill": 1.0}),
+            "bnp+unlearn, lr 0.001": ({}, {"lr": 0.001})}
+VARIANTS = {f"{name}{tail}": {**prune, "repair": RepairSettings("unlearn", **settings, refit_bn=refit)}
+            for name, (prune, settings) in _UNLEARN.items() for tail, refit in (("", True), (", no BN refit", False))}
+VARIANTS.update({"fst": {"u": 1e9, "repair": "fst"}, "sau": {"u": 1e9, "repair": "sau"}, "nc": {"u": 1e9, "repair": "nc"}})
 MANY_VARIANTS = ("bnp+unlearn", "unlearn alone")
 
 

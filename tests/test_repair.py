@@ -68,6 +68,7 @@ def test_cli_prune_with_repair_records_it_and_keeps_channels_zero(tmp_path, bn_c
         meta = f.metadata()
         pruned = json.loads(meta["pruned_channels"])
         assert meta["repair"] == "finetune" and meta["repair_epochs"] == "2" and meta["repair_samples"] == "64"
+        assert meta["repair_refit_bn"] == "yes"
         assert pruned
         for layer, chans in pruned.items():
             assert torch.all(f.get_tensor(f"{layer}.weight")[chans] == 0)
@@ -123,6 +124,32 @@ def test_unlearn_batches_are_the_clean_batch_plus_the_same_images_carrying_one_t
         assert len(matches) == 1
         used |= set(matches)
     assert used == {0, 1}  # both triggers drawn over the six steps
+
+
+def test_finetune_and_unlearn_refit_the_bn_statistics_on_the_clean_images_alone(bn_model):
+    """After training, the running statistics are the cumulative ones of the clean training images
+    under the trained weights (not those of the trigger-carrying copies); nothing else changes."""
+    raw = make_images(24, seed=8)
+    data = ImageSet(raw, torch.arange(24) % 10, "clean.npz")
+    triggers = [torch.full(raw.shape[1:], 0.5)]
+    for mode in ("finetune", "unlearn"):
+        runs = [repair_model(bn_model, {}, ("weight",), None, data, RepairSettings(mode, epochs=2, batch_size=8, refit_bn=refit),
+                             device=CPU, triggers=triggers) for refit in (False, True)]
+        kept, refit = runs
+        want = copy.deepcopy(kept)
+        reestimate_bn(want, raw, batch_size=8)
+        for (key, x), (_, y) in zip(refit.state_dict().items(), want.state_dict().items()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=key)
+        assert any(not torch.allclose(a.running_mean, b.running_mean) for (_, a), (_, b) in zip(bn_layers(kept), bn_layers(refit)))
+
+
+def test_cli_no_repair_refit_bn_keeps_the_statistics_training_left(tmp_path, bn_checkpoint, images_npz):
+    out = tmp_path / "kept.safetensors"
+    result = CliRunner().invoke(app, ["prune", str(bn_checkpoint.path), *bn_checkpoint.cli_args, "--data", str(images_npz), "--u", "1",
+                                      "--repair", "finetune", "--repair-epochs", "1", "--no-repair-refit-bn", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["repair_refit_bn"] == "no"
 
 
 def test_unlearn_without_triggers_is_exactly_finetune(bn_model):
