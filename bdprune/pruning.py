@@ -182,8 +182,9 @@ def _fine_tune_extras(model: nn.Module, clean: ImageSet, repair: RepairSettings,
 
 
 # Below this many labelled samples per class the fine-tune overfits them: on the 1,000-class zoo
-# (0.5 per class) it cost clean models 15-24 points of ACC at the defaults, on a 100-class one (5
-# per class) 3.7 (benchmarks/RESULTS.md); the 10-class tests and demo have 30-50 per class.
+# (0.5 per class) it cost clean models 16-18 points of ACC at the defaults (15-24 before the BN
+# refit), on a 100-class one (5 per class) 3.7 (benchmarks/RESULTS.md); the 10-class tests and
+# demo have 30-50 per class.
 MIN_SAMPLES_PER_CLASS = 10
 
 
@@ -193,7 +194,7 @@ def _few_samples_note(model: nn.Module, clean: ImageSet, repair: RepairSettings)
     if not classes or len(clean) >= MIN_SAMPLES_PER_CLASS * classes:
         return []
     return [f"warning: --repair {repair.mode} fine-tunes on {len(clean)} clean samples for {classes} classes "
-            f"({len(clean) / classes:.1f} per class): so few are overfitted and accuracy drops (zoo: 3.7 points at 100 classes, 15-24 at 1,000); "
+            f"({len(clean) / classes:.1f} per class): so few are overfitted and accuracy drops (zoo: 3.7 points at 100 classes, 16-18 at 1,000); "
             f"pass at least {MIN_SAMPLES_PER_CLASS * classes} (--samples, --val), or a smaller --repair-lr, and check ACC with bdprune eval"]
 
 

@@ -1,8 +1,11 @@
 """Published purifications beside `prune --repair unlearn` on the same models and the same clean
 samples (500; 300 for 8x8 digits) (issue 23): FST, SAU and Neural Cleanse's unlearning, each at its paper's defaults
-(bdprune/purify/), against bdprune's recommended recipe (bnp at u = 3, then unlearn, defaults) and
-its opt-in `--repair-distill 1` (chosen on the "cal" part). Nothing is tuned on the holdout (the
-detection zoo's "eval" part); SAU and NC ran on 7 of its 10 clean models (their cost).
+(bdprune/purify/), against bdprune's recommended recipe (bnp at u = 3, then unlearn, defaults, which
+re-estimate the BN running statistics on the clean samples after training), the same without that
+refit (", no BN refit": as it ran before; chosen on the "cal" part) and the opt-in `--repair-distill 1`.
+Nothing is tuned on the holdout (the detection zoo's "eval" part); SAU and NC ran on 7 of its 10 clean
+models (their cost). `--part cal` (where the repair's choices are made) and `--part fresh3` (a holdout
+trained after them) write sections of their own.
 
     python benchmarks/purification.py [--kind mnist28] [--arch smallcnn] [--part eval] [--write]
 
@@ -192,7 +195,8 @@ def main() -> None:
     print(text)
     if args.write:
         intro = " ".join(__doc__.split("\n\n")[0].split())
-        write_section("purification", f"## Published purifications beside unlearn (issue 23)\n\n{provenance()}\n{intro}\n\n{text}")
+        name, title = ("purification", "") if args.part == "eval" else (f"purification-{args.part}", f", part `{args.part}`")
+        write_section(name, f"## Published purifications beside unlearn{title} (issue 23)\n\n{provenance()}\n{intro}\n\n{text}")
 
 
 if __name__ == "__main__":
