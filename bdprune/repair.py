@@ -163,8 +163,7 @@ def repair_model(
                 _train_epoch(net, batches, stamped, g, opt, channels, params, fill, soft, settings.distill)
                 advance(1)
     if settings.refit_bn and run > 0:  # the drift comes from training: a model never trained keeps its own
-        reestimate_bn(net, batches.images, settings.batch_size)
-        mask_model(net, channels, params, fill)
+        reestimate_bn(net, batches.images, settings.batch_size)  # running statistics only: pruned weights and biases stay
     if held_back is not None and notes is not None:
         if run == settings.epochs:  # the check after the last epoch
             done = held_back.done(net, triggers or (), device=device, normalize=normalize)
